@@ -1,0 +1,581 @@
+"""Environment families: one Gymnasium env id whose physical parameters vary.
+
+A family is data: a YAML file (schema in the README, built-ins in ``envs/``) naming the
+env id, the attributes that vary with their physical bounds, the train distribution,
+fixed held-out interpolation/extrapolation sets and how values become the network's
+context vector. ``params`` always means *environment* parameters in this project;
+generated policy tensors are ``weights``.
+
+Why derived attributes are declared: Gymnasium's ``CartPoleEnv`` computes ``total_mass``
+and ``polemass_length`` once in ``__init__``; setting ``masspole`` alone leaves them stale
+(the bug CARL and RLlib's CartPoleMassEnv shipped). A family lists such attributes with
+the expression that recomputes them, and :meth:`Family.apply` re-evaluates them after
+every change.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import operator
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import yaml
+
+from hyperrl.errors import FamilyError
+
+__all__ = [
+    "Family",
+    "ParamSpec",
+    "FamilyError",
+    "builtin_families_dir",
+    "list_families",
+    "load_family",
+    "SPLITS",
+]
+
+SPLITS = ("interpolation", "extrapolation")
+_DISTS = ("uniform", "log_uniform")
+_SCALES = ("linear", "log")
+
+
+def builtin_families_dir() -> Path:
+    """The folder of built-in family YAMLs (``envs/`` beside the package, or $HYPERRL_ENVS_DIR)."""
+    override = os.environ.get("HYPERRL_ENVS_DIR")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parent.parent / "envs"
+
+
+def list_families() -> list[str]:
+    """Names of the built-in families, sorted."""
+    d = builtin_families_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+# --------------------------------------------------------------------------------------
+# Safe arithmetic for derived attributes ("masspole * length"): no calls, no attributes.
+# --------------------------------------------------------------------------------------
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+def _check_expr(expr: str, where: str) -> ast.Expression:
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except SyntaxError as e:
+        raise FamilyError(f"{where}: cannot parse expression {expr!r}: {e.msg}") from None
+    for node in ast.walk(tree):
+        ok = isinstance(
+            node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Constant)
+        ) or type(node) in _BINOPS or type(node) in _UNARY
+        if not ok or (isinstance(node, ast.Constant) and not isinstance(node.value, (int, float))):
+            raise FamilyError(
+                f"{where}: expression {expr!r} may use only numbers, attribute names and + - * / **"
+            )
+    return tree
+
+
+def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any]) -> Any:
+    def ev(node: ast.AST) -> Any:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Name):
+            return lookup(node.id)
+        if isinstance(node, ast.BinOp):
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp):
+            return _UNARY[type(node.op)](ev(node.operand))
+        raise AssertionError(node)  # excluded by _check_expr
+
+    return ev(tree)
+
+
+def expr_names(tree: ast.Expression) -> set[str]:
+    """The attribute names an expression reads."""
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+# --------------------------------------------------------------------------------------
+# Spec dataclasses
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamSpec:
+    """One varying attribute of the unwrapped env.
+
+    ``bounds`` are physical (inclusive). For a ``signed`` parameter they bound the
+    magnitude and either sign is allowed (a reversed motor is a negative gain).
+    ``train_ranges`` is a union of closed intervals sampled with ``dist``.
+    """
+
+    name: str
+    bounds: tuple[float, float]
+    signed: bool
+    context: str  # "linear" | "log": the scale the context min-max normalises in
+    dist: str  # "uniform" | "log_uniform"
+    train_ranges: tuple[tuple[float, float], ...]
+    unit: str = ""
+    description: str = ""
+
+    def magnitude(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs() if self.signed else x
+
+    def in_bounds(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.magnitude(x)
+        return (m >= self.bounds[0]) & (m <= self.bounds[1]) & torch.isfinite(x)
+
+    def in_train(self, x: torch.Tensor) -> torch.Tensor:
+        inside = torch.zeros_like(x, dtype=torch.bool)
+        for lo, hi in self.train_ranges:
+            inside |= (x >= lo) & (x <= hi)
+        return inside
+
+    def bounds_text(self) -> str:
+        lo, hi = self.bounds
+        if self.signed:
+            return f"|{self.name}| in [{lo:g}, {hi:g}] (either sign)"
+        return f"{self.name} in [{lo:g}, {hi:g}]"
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.magnitude(x)
+        return torch.log(m) if self.context == "log" else m
+
+    def context_range(self) -> tuple[float, float]:
+        """Min and max of the context scale over the train ranges (min-max target [-1, 1])."""
+        vals: list[float] = []
+        for lo, hi in self.train_ranges:
+            if self.signed and lo < 0 < hi:
+                vals += [0.0, max(-lo, hi)]
+            else:
+                vals += [abs(lo), abs(hi)] if self.signed else [lo, hi]
+        if self.context == "log":
+            vals = [math.log(v) for v in vals]
+        return min(vals), max(vals)
+
+    @property
+    def context_dim(self) -> int:
+        return 2 if self.signed else 1
+
+    def to_context(self, x: torch.Tensor) -> torch.Tensor:
+        """[...] values -> [..., context_dim]: (sign,) then the min-max scaled magnitude."""
+        lo, hi = self.context_range()
+        scaled = self._scaled(x)
+        norm = 2.0 * (scaled - lo) / max(hi - lo, 1e-12) - 1.0
+        if self.signed:
+            return torch.stack([torch.sign(x), norm], dim=-1)
+        return norm.unsqueeze(-1)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """[n] float64 draws from the train distribution (union: mass proportional to length)."""
+        dev = generator.device
+        if self.dist == "log_uniform":
+            pieces = [(math.log(abs(lo)), math.log(abs(hi)), math.copysign(1.0, hi))
+                      for lo, hi in self.train_ranges]
+            pieces = [(min(a, b), max(a, b), s) for a, b, s in pieces]
+        else:
+            pieces = [(lo, hi, 1.0) for lo, hi in self.train_ranges]
+        lengths = torch.tensor([b - a for a, b, _ in pieces], dtype=torch.float64, device=dev)
+        lows = torch.tensor([a for a, _, _ in pieces], dtype=torch.float64, device=dev)
+        signs = torch.tensor([s for _, _, s in pieces], dtype=torch.float64, device=dev)
+        total = lengths.sum()
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=dev) * total
+        ends = torch.cumsum(lengths, 0)
+        idx = torch.searchsorted(ends, u, right=True).clamp(max=len(pieces) - 1)
+        starts = ends - lengths
+        t = lows[idx] + (u - starts[idx]).clamp(min=0.0)
+        if self.dist == "log_uniform":
+            return signs[idx] * torch.exp(t)
+        return t
+
+
+@dataclass(frozen=True)
+class Family:
+    """A parametric family of one Gymnasium env. Load with :func:`load_family`."""
+
+    name: str
+    env_id: str
+    params: tuple[ParamSpec, ...]
+    heldout: Mapping[str, torch.Tensor]  # split -> [M, P] float64, fixed values from the YAML
+    description: str = ""
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None
+    batched: str | None = None  # name of a built-in batched simulator, None -> gymnasium.vector
+    success_return: float | None = None
+    fixed: Mapping[str, float] = field(default_factory=dict)
+    derived: Mapping[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    # ---- shapes -------------------------------------------------------------------
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+    @property
+    def num_params(self) -> int:
+        return len(self.params)
+
+    @property
+    def context_dim(self) -> int:
+        return sum(p.context_dim for p in self.params)
+
+    def spec(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise FamilyError(
+            f"family '{self.name}' has no parameter '{name}'; its parameters: "
+            + ", ".join(self.param_names)
+        )
+
+    # ---- values ---------------------------------------------------------------------
+    def values_tensor(self, values: Mapping[str, float] | Sequence[float] | torch.Tensor) -> torch.Tensor:
+        """A mapping {name: value} (every parameter named once) or a sequence -> [P] float64."""
+        if isinstance(values, Mapping):
+            unknown = [k for k in values if k not in self.param_names]
+            if unknown:
+                self.spec(unknown[0])  # raises with the list of parameters
+            missing = [n for n in self.param_names if n not in values]
+            if missing:
+                raise FamilyError(
+                    f"family '{self.name}': no value given for parameter(s) {', '.join(missing)}"
+                )
+            out = torch.tensor([float(values[n]) for n in self.param_names], dtype=torch.float64)
+        else:
+            out = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+            if out.numel() != self.num_params:
+                raise FamilyError(
+                    f"family '{self.name}' has {self.num_params} parameter(s) "
+                    f"({', '.join(self.param_names)}); got {out.numel()} value(s)"
+                )
+        self.validate(out)
+        return out
+
+    def as_dict(self, values: torch.Tensor) -> dict[str, float]:
+        """[P] -> {name: float}."""
+        return {n: float(v) for n, v in zip(self.param_names, values.reshape(-1).tolist())}
+
+    def validate(self, values: torch.Tensor) -> None:
+        """Raise :class:`FamilyError` naming the first parameter outside its physical bounds."""
+        v = torch.as_tensor(values, dtype=torch.float64).reshape(-1, self.num_params)
+        for j, p in enumerate(self.params):
+            bad = ~p.in_bounds(v[:, j])
+            if bool(bad.any()):
+                x = float(v[:, j][bad][0])
+                raise FamilyError(
+                    f"parameter {p.name}={x:g} is outside its physical bounds: {p.bounds_text()}"
+                )
+
+    def in_train_range(self, values: torch.Tensor) -> torch.Tensor:
+        """[..., P] -> [...] bool: every coordinate inside its train ranges."""
+        v = torch.as_tensor(values, dtype=torch.float64)
+        ok = torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
+        for j, p in enumerate(self.params):
+            ok &= p.in_train(v[..., j])
+        return ok
+
+    def split_of(self, values: torch.Tensor) -> list[str]:
+        """[M, P] -> 'interpolation' or 'extrapolation' per row (relative to the train range)."""
+        inside = self.in_train_range(torch.as_tensor(values, dtype=torch.float64).reshape(-1, self.num_params))
+        return ["interpolation" if b else "extrapolation" for b in inside.tolist()]
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """[n, P] draws from the train distribution, reproducible for a seeded generator.
+
+        Draws happen on the generator's device (pass a CUDA generator to sample on the GPU).
+        """
+        cols = [p.sample(n, generator) for p in self.params]
+        out = torch.stack(cols, dim=-1)
+        return out.to(device=device or out.device, dtype=dtype)
+
+    def context(self, values: torch.Tensor) -> torch.Tensor:
+        """[..., P] physical values -> [..., context_dim] network context.
+
+        The one transform used at train, evaluation and adaptation time: log scale for
+        masses and gains' magnitudes, min-max to [-1, 1] over the train range, the sign
+        of a signed gain kept as its own feature.
+        """
+        v = torch.as_tensor(values)
+        parts = [p.to_context(v[..., j]) for j, p in enumerate(self.params)]
+        return torch.cat(parts, dim=-1).to(v.dtype if v.is_floating_point() else torch.float32)
+
+    def heldout_values(self, split: str) -> torch.Tensor:
+        """[M, P] float64 fixed held-out values of 'interpolation' or 'extrapolation'."""
+        if split not in self.heldout:
+            raise FamilyError(f"unknown split '{split}'; expected one of: {', '.join(SPLITS)}")
+        return self.heldout[split].clone()
+
+    def grid(self, points: int) -> torch.Tensor:
+        """[points**P, P] sweep across the physical bounds (log-spaced for log parameters;
+        a signed parameter sweeps both signs)."""
+        axes = []
+        for p in self.params:
+            lo, hi = p.bounds
+            if p.context == "log":
+                ax = torch.logspace(math.log10(lo), math.log10(hi), points, dtype=torch.float64)
+            else:
+                ax = torch.linspace(lo, hi, points, dtype=torch.float64)
+            if p.signed:
+                ax = torch.cat([-ax.flip(0), ax])
+            axes.append(ax)
+        return torch.cartesian_prod(*axes).reshape(-1, self.num_params)
+
+    # ---- Gymnasium ------------------------------------------------------------------
+    def apply(self, env: Any, values: Mapping[str, float] | torch.Tensor | Sequence[float]) -> None:
+        """Set the parameters on ``env.unwrapped``, then recompute the derived attributes."""
+        v = self.values_tensor(values)
+        base = env.unwrapped
+        for name, x in list(self.fixed.items()) + list(zip(self.param_names, v.tolist())):
+            if not hasattr(base, name):
+                raise FamilyError(
+                    f"family '{self.name}': {self.env_id} has no attribute '{name}' to set"
+                )
+            setattr(base, name, float(x))
+        for name, expr in self.derived.items():
+            tree = _check_expr(expr, f"family '{self.name}' derived.{name}")
+
+            def lookup(attr: str) -> Any:
+                if not hasattr(base, attr):
+                    raise FamilyError(
+                        f"family '{self.name}' derived.{name}: {self.env_id} has no attribute '{attr}'"
+                    )
+                return getattr(base, attr)
+
+            setattr(base, name, _eval_expr(tree, lookup))
+
+    def make_env(self, values: Mapping[str, float] | torch.Tensor | Sequence[float], **make_kwargs: Any):
+        """A real ``gymnasium.make`` env (time limit included) with the parameters applied."""
+        import gymnasium as gym
+
+        kwargs = dict(self.env_kwargs)
+        kwargs.update(make_kwargs)
+        if self.max_episode_steps is not None:
+            kwargs.setdefault("max_episode_steps", self.max_episode_steps)
+        env = gym.make(self.env_id, **kwargs)
+        self.apply(env, values)
+        return env
+
+    def constants(self) -> dict[str, float]:
+        """Fixed attribute values, for a batched simulator's constants."""
+        return {k: float(v) for k, v in self.fixed.items()}
+
+
+# --------------------------------------------------------------------------------------
+# YAML loading with precise error messages
+# --------------------------------------------------------------------------------------
+class _Reader:
+    """Walks a parsed YAML mapping; every complaint names the file and the key path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, msg: str) -> FamilyError:
+        return FamilyError(f"family file {self.source}: {where}: {msg}")
+
+    def mapping(self, obj: Any, where: str, allowed: Sequence[str], required: Sequence[str] = ()) -> dict:
+        if not isinstance(obj, dict):
+            raise self.fail(where, f"expected a mapping, got {type(obj).__name__}")
+        for k in obj:
+            if k not in allowed:
+                raise self.fail(
+                    f"{where}.{k}" if where != "(top level)" else str(k),
+                    f"unknown key; allowed keys: {', '.join(allowed)}",
+                )
+        for k in required:
+            if k not in obj:
+                raise self.fail(where, f"missing required key '{k}'")
+        return obj
+
+    def number(self, obj: Any, where: str) -> float:
+        if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not math.isfinite(obj):
+            raise self.fail(where, f"expected a finite number, got {obj!r}")
+        return float(obj)
+
+    def interval(self, obj: Any, where: str) -> tuple[float, float]:
+        if not isinstance(obj, (list, tuple)) or len(obj) != 2:
+            raise self.fail(where, f"expected [low, high], got {obj!r}")
+        lo, hi = self.number(obj[0], f"{where}[0]"), self.number(obj[1], f"{where}[1]")
+        if not lo < hi:
+            raise self.fail(where, f"low must be < high, got [{lo:g}, {hi:g}]")
+        return lo, hi
+
+    def choice(self, obj: Any, where: str, options: Sequence[str]) -> str:
+        if obj not in options:
+            raise self.fail(where, f"expected one of {', '.join(options)}, got {obj!r}")
+        return obj
+
+    def string(self, obj: Any, where: str) -> str:
+        if not isinstance(obj, str) or not obj:
+            raise self.fail(where, f"expected a non-empty string, got {obj!r}")
+        return obj
+
+
+def _parse_param(r: _Reader, name: str, raw: Any) -> ParamSpec:
+    where = f"params.{name}"
+    d = r.mapping(raw, where, ["bounds", "signed", "context", "train", "unit", "description"],
+                  ["bounds", "train"])
+    bounds = r.interval(d["bounds"], f"{where}.bounds")
+    signed = d.get("signed", False)
+    if not isinstance(signed, bool):
+        raise r.fail(f"{where}.signed", f"expected true or false, got {signed!r}")
+    if signed and bounds[0] < 0:
+        raise r.fail(f"{where}.bounds", "a signed parameter's bounds are on its magnitude: low must be >= 0")
+    context = r.choice(d.get("context", "linear"), f"{where}.context", _SCALES)
+    if context == "log" and bounds[0] <= 0:
+        raise r.fail(f"{where}.bounds", "a log-scale parameter needs a positive lower bound")
+    train = r.mapping(d["train"], f"{where}.train", ["dist", "ranges"], ["ranges"])
+    dist = r.choice(train.get("dist", "uniform"), f"{where}.train.dist", _DISTS)
+    ranges_raw = train["ranges"]
+    if not isinstance(ranges_raw, list) or not ranges_raw:
+        raise r.fail(f"{where}.train.ranges", "expected a non-empty list of [low, high] intervals")
+    ranges = tuple(r.interval(x, f"{where}.train.ranges[{i}]") for i, x in enumerate(ranges_raw))
+    spec = ParamSpec(name=name, bounds=bounds, signed=signed, context=context, dist=dist,
+                     train_ranges=ranges, unit=str(d.get("unit", "")),
+                     description=str(d.get("description", "")))
+    for i, (lo, hi) in enumerate(ranges):
+        ends = torch.tensor([lo, hi], dtype=torch.float64)
+        if not bool(spec.in_bounds(ends).all()):
+            raise r.fail(f"{where}.train.ranges[{i}]",
+                         f"[{lo:g}, {hi:g}] leaves the physical bounds {spec.bounds_text()}")
+        if dist == "log_uniform" and lo * hi <= 0:
+            raise r.fail(f"{where}.train.ranges[{i}]", "log_uniform ranges must not contain 0")
+    return spec
+
+
+def _parse_split(r: _Reader, split: str, raw: Any, params: tuple[ParamSpec, ...]) -> torch.Tensor:
+    where = f"heldout.{split}"
+    d = r.mapping(raw, where, ["values", "grid", "keep"])
+    names = [p.name for p in params]
+    rows: list[list[float]] = []
+    if "values" in d:
+        if not isinstance(d["values"], list):
+            raise r.fail(f"{where}.values", "expected a list of {parameter: value} mappings")
+        for i, point in enumerate(d["values"]):
+            pw = f"{where}.values[{i}]"
+            if len(names) == 1 and not isinstance(point, dict):
+                point = {names[0]: point}  # shorthand for 1-parameter families
+            pt = r.mapping(point, pw, names, names)
+            rows.append([r.number(pt[n], f"{pw}.{n}") for n in names])
+    if "grid" in d:
+        g = r.mapping(d["grid"], f"{where}.grid", names, names)
+        axes = []
+        for n in names:
+            if not isinstance(g[n], list) or not g[n]:
+                raise r.fail(f"{where}.grid.{n}", "expected a non-empty list of numbers")
+            axes.append([r.number(x, f"{where}.grid.{n}[{i}]") for i, x in enumerate(g[n])])
+        keep = r.choice(d.get("keep", "all"), f"{where}.keep", ["all", "inside_train", "outside_train"])
+        for pt in itertools.product(*axes):
+            t = torch.tensor(pt, dtype=torch.float64)
+            inside = all(bool(p.in_train(t[j:j + 1])[0]) for j, p in enumerate(params))
+            if keep == "all" or (keep == "inside_train") == inside:
+                rows.append(list(pt))
+    elif "keep" in d:
+        raise r.fail(f"{where}.keep", "only meaningful with 'grid'")
+    if not rows:
+        raise r.fail(where, "no held-out values: give 'values' and/or 'grid'")
+    vals = torch.tensor(rows, dtype=torch.float64)
+    for i, row in enumerate(vals):
+        for j, p in enumerate(params):
+            if not bool(p.in_bounds(row[j:j + 1])[0]):
+                raise r.fail(where, f"value {p.name}={float(row[j]):g} is outside the physical bounds "
+                                    f"{p.bounds_text()}")
+        inside = all(bool(p.in_train(row[j:j + 1])[0]) for j, p in enumerate(params))
+        pretty = ", ".join(f"{n}={float(x):g}" for n, x in zip(names, row))
+        if split == "interpolation" and not inside:
+            raise r.fail(where, f"point ({pretty}) is outside the train range; interpolation points must be inside")
+        if split == "extrapolation" and inside:
+            raise r.fail(where, f"point ({pretty}) is inside the train range; extrapolation points must be outside")
+    return vals
+
+
+_TOP_KEYS = ["name", "description", "env_id", "env_kwargs", "max_episode_steps", "batched",
+             "success_return", "params", "fixed", "derived", "heldout"]
+
+
+def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
+    """Build a :class:`Family` from parsed YAML, rejecting unknown or ill-typed keys."""
+    r = _Reader(source)
+    d = r.mapping(raw, "(top level)", _TOP_KEYS, ["name", "env_id", "params", "heldout"])
+    name = r.string(d["name"], "name")
+    env_id = r.string(d["env_id"], "env_id")
+    env_kwargs = r.mapping(d.get("env_kwargs") or {}, "env_kwargs", list((d.get("env_kwargs") or {}).keys()))
+    mes = d.get("max_episode_steps")
+    if mes is not None and (isinstance(mes, bool) or not isinstance(mes, int) or mes < 1):
+        raise r.fail("max_episode_steps", f"expected a positive integer, got {mes!r}")
+    batched = d.get("batched")
+    if batched is not None:
+        batched = r.string(batched, "batched")
+    success = d.get("success_return")
+    if success is not None:
+        success = r.number(success, "success_return")
+    praw = d["params"]
+    if not isinstance(praw, dict) or not praw:
+        raise r.fail("params", "expected a non-empty mapping of parameter name -> spec")
+    params = tuple(_parse_param(r, str(k), v) for k, v in praw.items())
+    fixed_raw = d.get("fixed") or {}
+    if not isinstance(fixed_raw, dict):
+        raise r.fail("fixed", "expected a mapping of attribute -> number")
+    fixed = {str(k): r.number(v, f"fixed.{k}") for k, v in fixed_raw.items()}
+    for k in fixed:
+        if k in [p.name for p in params]:
+            raise r.fail(f"fixed.{k}", "is also a varying parameter")
+    derived_raw = d.get("derived") or {}
+    if not isinstance(derived_raw, dict):
+        raise r.fail("derived", "expected a mapping of attribute -> expression")
+    derived: dict[str, str] = {}
+    for k, v in derived_raw.items():
+        if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+            raise r.fail(f"derived.{k}", f"expected an expression string, got {v!r}")
+        _check_expr(str(v), f"family file {source}: derived.{k}")
+        derived[str(k)] = str(v)
+    held = r.mapping(d["heldout"], "heldout", list(SPLITS), list(SPLITS))
+    heldout = {s: _parse_split(r, s, held[s], params) for s in SPLITS}
+    return Family(name=name, env_id=env_id, params=params, heldout=heldout,
+                  description=str(d.get("description", "")), env_kwargs=dict(env_kwargs),
+                  max_episode_steps=mes, batched=batched, success_return=success,
+                  fixed=fixed, derived=derived, source=source)
+
+
+def load_family(name_or_path: str | os.PathLike) -> Family:
+    """Load a built-in family by name (``cartpole-mass``) or any family YAML by path."""
+    s = str(name_or_path)
+    path = Path(s)
+    looks_like_path = s.endswith((".yaml", ".yml")) or os.sep in s or "/" in s
+    if not looks_like_path:
+        candidate = builtin_families_dir() / f"{s}.yaml"
+        if not candidate.is_file():
+            avail = ", ".join(list_families()) or "(none found)"
+            raise FamilyError(
+                f"unknown family '{s}'; available: {avail} (or pass the path of a family YAML file)"
+            )
+        path = candidate
+    if not path.is_file():
+        raise FamilyError(f"family file {s} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise FamilyError(f"family file {path}: malformed YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FamilyError(f"family file {path}: cannot read: {e}") from None
+    return family_from_dict(raw, source=str(path))

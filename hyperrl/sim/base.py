@@ -1,0 +1,148 @@
+"""The vectorised-environment contract shared by the batched simulators and the generic
+``gymnasium.vector`` backend.
+
+Semantics follow Gymnasium (reward, termination, ``TimeLimit`` truncation) with
+*same-step* autoreset: when env ``i`` ends an episode in ``step``, the returned ``obs[i]``
+is already the first observation of its next episode and ``final_obs[i]`` is the
+observation the episode ended on (needed to bootstrap a truncated episode; see
+SB3 issue #633). Each env carries its own parameter values (``params``, ``[N, P]``); an
+env that resets takes its row of ``next_params`` (the trainer re-draws variants there).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Mapping, NamedTuple, Sequence
+
+import gymnasium as gym
+import torch
+
+from hyperrl.errors import FamilyError
+
+
+class StepOut(NamedTuple):
+    obs: torch.Tensor  # [N, obs_dim] after autoreset
+    reward: torch.Tensor  # [N]
+    terminated: torch.Tensor  # [N] bool
+    truncated: torch.Tensor  # [N] bool (time limit); may be True together with terminated
+    final_obs: torch.Tensor  # [N, obs_dim] the observation each env reached before any reset
+
+
+class VecEnv(abc.ABC):
+    """N variants stepped at once; tensors live on ``device``."""
+
+    num_envs: int
+    param_names: tuple[str, ...]
+    device: torch.device
+    dtype: torch.dtype
+    single_observation_space: gym.spaces.Box
+    single_action_space: gym.spaces.Space
+    max_episode_steps: int
+    params: torch.Tensor  # [N, P] current values per env
+    next_params: torch.Tensor  # [N, P] values an env takes when it next resets
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.single_observation_space.shape[0])
+
+    @abc.abstractmethod
+    def reset(self, params: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+        """Reset every env (optionally to new ``params`` [N, P]); returns obs [N, obs_dim]."""
+
+    @abc.abstractmethod
+    def step(self, action: torch.Tensor) -> StepOut:
+        """action: [N] long (discrete) or [N, act_dim] float (continuous, clipped to bounds)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+class BatchedSim(VecEnv):
+    """Base of the torch simulators: subclasses supply physics, reset sampling and obs.
+
+    Physical attributes not varied by the family are constants (Gymnasium's defaults,
+    overridable through the family's ``fixed``). ``attr(name)`` returns a ``[N]`` column
+    of ``params`` for a varying attribute and a python float for a constant, so
+    the physics is written once and derived quantities (CartPole's ``total_mass``) are
+    always recomputed from the current values, never cached.
+    """
+
+    DEFAULTS: Mapping[str, float] = {}  # attribute -> Gymnasium default value
+    MAX_EPISODE_STEPS: int = 0  # the registered TimeLimit
+    STATE_DIM: int = 0
+
+    def __init__(
+        self,
+        num_envs: int,
+        param_names: Sequence[str],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        constants: Mapping[str, float] | None = None,
+        max_episode_steps: int | None = None,
+        seed: int | None = None,
+    ):
+        unknown = [n for n in list(param_names) + list(constants or {}) if n not in self.DEFAULTS]
+        if unknown:
+            raise FamilyError(
+                f"batched {type(self).__name__} cannot vary '{unknown[0]}'; it supports: "
+                + ", ".join(self.DEFAULTS)
+            )
+        self.num_envs = int(num_envs)
+        self.param_names = tuple(param_names)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.constants = {**self.DEFAULTS, **(constants or {})}
+        self.max_episode_steps = int(max_episode_steps or self.MAX_EPISODE_STEPS)
+        self._col = {n: j for j, n in enumerate(self.param_names)}
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        n, p = self.num_envs, len(self.param_names)
+        default_row = torch.tensor([self.constants[k] for k in self.param_names], dtype=dtype)
+        self.params = default_row.to(self.device).expand(n, p).clone()
+        self.next_params = self.params.clone()
+        self.state = torch.zeros(n, self.STATE_DIM, dtype=dtype, device=self.device)
+        self.elapsed = torch.zeros(n, dtype=torch.long, device=self.device)
+
+    # ---- to implement ---------------------------------------------------------------
+    @abc.abstractmethod
+    def initial_state(self, n: int) -> torch.Tensor:
+        """[n, STATE_DIM] fresh episode starts drawn with ``self.generator``."""
+
+    @abc.abstractmethod
+    def observe(self, state: torch.Tensor) -> torch.Tensor:
+        """[N, STATE_DIM] -> [N, obs_dim]."""
+
+    @abc.abstractmethod
+    def dynamics(
+        self, state: torch.Tensor, action: torch.Tensor, params: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step for all envs -> (next_state [N, S], reward [N], terminated [N] bool)."""
+
+    # ---- shared -----------------------------------------------------------------------
+    def attr(self, name: str, params: torch.Tensor) -> torch.Tensor | float:
+        j = self._col.get(name)
+        return params[:, j] if j is not None else self.constants[name]
+
+    def reset(self, params: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        if params is not None:
+            self.params = params.to(device=self.device, dtype=self.dtype).reshape(self.num_envs, -1).clone()
+            self.next_params = self.params.clone()
+        self.state = self.initial_state(self.num_envs)
+        self.elapsed = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+        return self.observe(self.state)
+
+    def step(self, action: torch.Tensor) -> StepOut:
+        new_state, reward, terminated = self.dynamics(self.state, action, self.params)
+        elapsed = self.elapsed + 1
+        truncated = elapsed >= self.max_episode_steps  # Gymnasium's TimeLimit: may co-occur
+        final_obs = self.observe(new_state)
+        done = terminated | truncated
+        d = done.unsqueeze(-1)
+        # Branch-free autoreset: no host sync, the same work every step.
+        self.state = torch.where(d, self.initial_state(self.num_envs), new_state)
+        self.params = torch.where(d, self.next_params, self.params)
+        self.elapsed = torch.where(done, torch.zeros_like(elapsed), elapsed)
+        return StepOut(self.observe(self.state), reward, terminated, truncated, final_obs)
