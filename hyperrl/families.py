@@ -333,6 +333,7 @@ class Family:
                 ax = torch.logspace(math.log10(lo), math.log10(hi), points, dtype=torch.float64)
             else:
                 ax = torch.linspace(lo, hi, points, dtype=torch.float64)
+            ax = ax.clamp(lo, hi)  # logspace rounds 10**log10(0.005) to 0.00499..., out of bounds
             if p.signed:
                 ax = torch.cat([-ax.flip(0), ax])
             axes.append(ax)
@@ -455,6 +456,10 @@ def _parse_param(r: _Reader, name: str, raw: Any) -> ParamSpec:
         if not bool(spec.in_bounds(ends).all()):
             raise r.fail(f"{where}.train.ranges[{i}]",
                          f"[{lo:g}, {hi:g}] leaves the physical bounds {spec.bounds_text()}")
+        if signed and lo < 0 < hi and bounds[0] > 0:  # |x| < bounds[0] near 0: not physical
+            raise r.fail(f"{where}.train.ranges[{i}]",
+                         f"[{lo:g}, {hi:g}] crosses 0 and so leaves the physical bounds "
+                         f"{spec.bounds_text()}; give the two signs as separate ranges")
         if dist == "log_uniform" and lo * hi <= 0:
             raise r.fail(f"{where}.train.ranges[{i}]", "log_uniform ranges must not contain 0")
     return spec

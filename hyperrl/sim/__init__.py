@@ -1,1 +1,60 @@
 """Vectorised environments for a family: built-in batched torch simulators or gymnasium.vector."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from hyperrl.errors import FamilyError
+from hyperrl.families import Family
+from hyperrl.sim.base import BatchedSim, StepOut, VecEnv
+
+__all__ = ["BATCHED_SIMS", "BatchedSim", "StepOut", "VecEnv", "make_vec_env", "batched_sim_class"]
+
+# name used in a family's `batched:` key -> "module:Class"
+BATCHED_SIMS = {
+    "cartpole": "hyperrl.sim.cartpole:BatchedCartPole",
+    "pendulum": "hyperrl.sim.pendulum:BatchedPendulum",
+}
+BACKENDS = ("auto", "batched", "gymnasium")
+
+
+def batched_sim_class(name: str) -> type[BatchedSim]:
+    if name not in BATCHED_SIMS:
+        raise FamilyError(
+            f"unknown batched simulator '{name}'; available: {', '.join(BATCHED_SIMS)} "
+            "(omit 'batched' to use the generic gymnasium.vector backend)"
+        )
+    module, cls = BATCHED_SIMS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_vec_env(
+    family: Family,
+    num_envs: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int | None = None,
+    backend: str = "auto",
+) -> VecEnv:
+    """N envs of ``family``: its batched simulator when it has one (``auto``/``batched``),
+    else (or with ``backend='gymnasium'``) gymnasium.vector with per-env parameters."""
+    if backend not in BACKENDS:
+        raise FamilyError(f"unknown backend '{backend}'; expected one of: {', '.join(BACKENDS)}")
+    if backend == "batched" and family.batched is None:
+        raise FamilyError(f"family '{family.name}' has no batched simulator; use backend 'gymnasium'")
+    if backend != "gymnasium" and family.batched is not None:
+        cls = batched_sim_class(family.batched)
+        return cls(
+            num_envs,
+            family.param_names,
+            device=device,
+            dtype=dtype,
+            constants=family.constants(),
+            max_episode_steps=family.max_episode_steps,
+            seed=seed,
+        )
+    from hyperrl.sim.generic import GymnasiumVecEnv
+
+    return GymnasiumVecEnv(family, num_envs, device=device, dtype=dtype, seed=seed)

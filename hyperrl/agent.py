@@ -1,0 +1,218 @@
+"""The hypernetwork agent: generated policy weights per variant, and a critic.
+
+Weights for a batch of variants are generated once and applied by one pure function
+(:func:`hyperrl.hypernet.functional_mlp`, batched matmuls). During a rollout each env
+column holds up to ``K`` variants (``slots``): its current one and the ones it moves to
+when an episode ends (see ``EnvConfig.variant_slots``). :func:`apply_rows` runs a
+column's ``T`` observations through its slots' generated weights in one batched pass
+and picks each step's output, so a variant's weights are generated and read once per
+minibatch instead of once per sample.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+from dataclasses import dataclass
+
+from hyperrl.hypernet import HyperNetwork, functional_mlp
+from hyperrl.ppo import Categorical, DiagGaussian
+from hyperrl.train_config import ModelConfig
+
+__all__ = ["HyperAgent", "SlotRows", "apply_rows", "gather_slots", "act"]
+
+
+@dataclass(frozen=True)
+class SlotRows:
+    """Which generated-weight rows a block of samples uses.
+
+    Row ``r`` holds the weights of column ``col[r]``'s slot ``slot[r]``; sample ``(m, t)``
+    uses row ``sample_row[m, t]``. Generated weights are ``[R, ...]``.
+    """
+
+    col: torch.Tensor  # [R] long
+    slot: torch.Tensor  # [R] long
+    sample_row: torch.Tensor  # [M, T] long
+
+    @staticmethod
+    def all_slots(slot: torch.Tensor, num_slots: int) -> "SlotRows":
+        """Every (column, slot) pair, R = M*K: branch-free, no host sync (rollout steps)."""
+        m = slot.shape[0]
+        ar = torch.arange(m, device=slot.device)
+        col = ar.repeat_interleave(num_slots)
+        sl = torch.arange(num_slots, device=slot.device).repeat(m)
+        return SlotRows(col, sl, ar.unsqueeze(1) * num_slots + slot)
+
+    @staticmethod
+    def used_slots(slot: torch.Tensor, num_slots: int) -> "SlotRows":
+        """Only the pairs some sample uses (one host sync): a column whose episode never
+        ended in the rollout costs one weight generation and one pass, not K."""
+        m = slot.shape[0]
+        used = torch.zeros(m, num_slots, dtype=torch.bool, device=slot.device).scatter_(1, slot, True)
+        col, sl = used.nonzero(as_tuple=True)
+        row_of = torch.zeros(m, num_slots, dtype=torch.long, device=slot.device)
+        row_of[col, sl] = torch.arange(col.numel(), device=slot.device)
+        return SlotRows(col, sl, row_of.gather(1, slot))
+
+
+def apply_rows(
+    weights: dict[str, torch.Tensor],  # each [R, ...]
+    obs: torch.Tensor,  # [M, T, D]
+    rows: SlotRows,
+    activation: str,
+) -> torch.Tensor:
+    """Each sample through its row's generated MLP -> [M, T, out].
+
+    One batched pass over ``[R, T, D]`` (a row sees its column's T observations), then a
+    gather picks each sample's output.
+    """
+    m, t, _ = obs.shape
+    if t == 1:  # a rollout step: the 2-D path of functional_mlp is cheaper than a width-1 bmm
+        y = functional_mlp(weights, obs[rows.col, 0], activation)  # [R, out]
+        return y[rows.sample_row.reshape(-1)].view(m, 1, -1)
+    y = functional_mlp(weights, obs[rows.col], activation)  # [R, T, out]
+    flat = rows.sample_row * t + torch.arange(t, device=obs.device)  # [M, T]
+    return y.reshape(-1, y.shape[-1])[flat.reshape(-1)].view(m, t, -1)
+
+
+def gather_slots(table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """table [N, K, F], slot [T, N] -> [T, N, F]: each step's row of its column's table."""
+    n, k, f = table.shape
+    idx = slot.t().unsqueeze(-1).expand(n, slot.shape[0], f)  # [N, T, F]
+    return table.gather(1, idx).transpose(0, 1)
+
+
+class HyperAgent(nn.Module):
+    """Hypernetwork actor (context -> every policy weight) and a critic.
+
+    The critic is an MLP on ``[obs, context]`` (default) or, with ``model.critic: hyper``,
+    a second hypernetwork generating a value MLP per variant.
+    """
+
+    def __init__(self, obs_dim: int, action_space: gym.spaces.Space, context_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.obs_dim = obs_dim
+        self.context_dim = context_dim
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            self.act_dim = int(action_space.n)
+            self.register_buffer("act_low", torch.zeros(0), persistent=False)
+            self.register_buffer("act_high", torch.zeros(0), persistent=False)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            self.act_dim = int(action_space.shape[0])
+            self.register_buffer("act_low", torch.as_tensor(action_space.low, dtype=torch.float32), persistent=False)
+            self.register_buffer("act_high", torch.as_tensor(action_space.high, dtype=torch.float32), persistent=False)
+        else:
+            raise TypeError(f"unsupported action space {action_space}")
+        extra = {}
+        extra_init = {}
+        if not self.discrete and cfg.log_std == "generated":
+            extra = {"log_std": (self.act_dim,)}
+            extra_init = {"log_std": cfg.log_std_init}
+        self.actor = HyperNetwork(
+            context_dim,
+            [obs_dim, *cfg.hidden_sizes, self.act_dim],
+            activation=cfg.activation,
+            embed_sizes=cfg.embed_sizes,
+            init=cfg.init,
+            out_gain=0.01,
+            extra_shapes=extra or None,
+            extra_init=extra_init or None,
+            chunk_size=cfg.chunk_size,
+            chunk_embed_dim=cfg.chunk_embed_dim,
+        )
+        if not self.discrete and cfg.log_std == "learned":
+            self.log_std = nn.Parameter(torch.full((self.act_dim,), float(cfg.log_std_init)))
+        else:
+            self.log_std = None
+        if cfg.critic == "hyper":
+            self.critic_hyper: HyperNetwork | None = HyperNetwork(
+                context_dim,
+                [obs_dim, *cfg.critic_hidden_sizes, 1],
+                activation=cfg.activation,
+                embed_sizes=cfg.embed_sizes,
+                init=cfg.init,
+                out_gain=1.0,
+                chunk_size=cfg.chunk_size,
+                chunk_embed_dim=cfg.chunk_embed_dim,
+            )
+            self.critic = None
+        else:
+            self.critic_hyper = None
+            layers: list[nn.Module] = []
+            sizes = [obs_dim + context_dim, *cfg.critic_hidden_sizes]
+            for a, b in zip(sizes[:-1], sizes[1:]):
+                lin = nn.Linear(a, b)
+                nn.init.orthogonal_(lin.weight, 2**0.5)
+                nn.init.zeros_(lin.bias)
+                layers += [lin, _activation(cfg.activation)]
+            out = nn.Linear(sizes[-1], 1)
+            nn.init.orthogonal_(out.weight, 1.0)
+            nn.init.zeros_(out.bias)
+            self.critic = nn.Sequential(*layers, out)
+
+    # ---- policy -------------------------------------------------------------------
+    def condition(self, context: torch.Tensor) -> torch.Tensor:
+        """The context the networks see: zeroed for the context-blind ablation."""
+        return torch.zeros_like(context) if self.cfg.context == "none" else context
+
+    def policy_weights(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[B, C] -> generated policy weights, each [B, ...] keyed like the target state dict."""
+        return self.actor(self.condition(context))
+
+    def policy_head(self, weights: dict[str, torch.Tensor], out: torch.Tensor):
+        """Network output [..., A] -> action distribution (log-std learned or generated [B, A])."""
+        if self.discrete:
+            return Categorical(out)
+        return DiagGaussian(out, self.log_std if self.log_std is not None else weights["log_std"])
+
+    def dist_rows(self, weights: dict[str, torch.Tensor], obs: torch.Tensor, rows: SlotRows):
+        """obs [M, T, D] -> distribution over [M, T] actions, each sample under its row's weights."""
+        out = apply_rows(weights, obs, rows, self.cfg.activation)
+        if self.discrete or self.log_std is not None:
+            return self.policy_head(weights, out)
+        return DiagGaussian(out, weights["log_std"][rows.sample_row])  # [M, T, A]
+
+    def env_action(self, action: torch.Tensor) -> torch.Tensor:
+        """The action the env receives: clipped to the Box bounds for continuous actions."""
+        if self.discrete:
+            return action
+        return torch.max(torch.min(action, self.act_high.to(action.dtype)), self.act_low.to(action.dtype))
+
+    # ---- critic -------------------------------------------------------------------
+    def critic_weights(self, context: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        return None if self.critic_hyper is None else self.critic_hyper(self.condition(context))
+
+    def value(
+        self,
+        obs: torch.Tensor,  # [M, T, D]
+        context: torch.Tensor,  # [M, T, C] per-step context (MLP critic)
+        rows: SlotRows | None = None,  # hyper critic: which generated row each sample uses
+        critic_weights: dict[str, torch.Tensor] | None = None,  # hyper critic: each [R, ...]
+    ) -> torch.Tensor:
+        """State value [M, T]."""
+        if self.critic is not None:
+            return self.critic(torch.cat([obs, self.condition(context).to(obs.dtype)], -1)).squeeze(-1)
+        assert critic_weights is not None and rows is not None
+        return apply_rows(critic_weights, obs, rows, self.cfg.activation).squeeze(-1)
+
+
+def _activation(name: str) -> nn.Module:
+    return {"tanh": nn.Tanh(), "relu": nn.ReLU(), "elu": nn.ELU(), "silu": nn.SiLU()}[name]
+
+
+@torch.no_grad()
+def act(
+    agent: HyperAgent,
+    weights: dict[str, torch.Tensor],  # each [B, ...]: one variant per env
+    obs: torch.Tensor,  # [B, D]
+    deterministic: bool,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Actions [B] (discrete) or [B, A] for one step, one variant per env (unclipped)."""
+    out = functional_mlp(weights, obs.unsqueeze(1), agent.cfg.activation).squeeze(1)  # [B, A]
+    dist = agent.policy_head(weights, out)
+    return dist.mode() if deterministic else dist.sample(generator)

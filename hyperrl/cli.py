@@ -1,0 +1,141 @@
+"""Shared command-line plumbing: one-line errors, argparse setup, config flags, ``--device``.
+
+Every entry point is wrapped in :func:`main_guard`, so a :class:`HyperrlError` (bad
+family, config key, run dir, checkpoint...) prints ``error: <message>`` on one line and
+exits with status 2, Ctrl-C exits with 130, and only real bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Any, Callable, NoReturn, TypeVar
+
+import torch
+
+from hyperrl.config import apply_overrides, from_dict, load_yaml_config
+from hyperrl.errors import HyperrlError
+
+__all__ = [
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "HyperrlArgumentParser",
+    "main_guard",
+    "make_parser",
+    "add_config_args",
+    "config_from_args",
+    "parse_device",
+]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def main_guard(fn: F) -> F:
+    """Wrap a CLI entry point: ``HyperrlError`` -> ``error: <msg>`` on stderr, exit 2;
+    ``KeyboardInterrupt`` -> one line, exit 130. Other exceptions propagate (real bugs).
+
+    Use as a decorator (``@main_guard``) or call ``main_guard(main)(argv)``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HyperrlError as e:
+            sys.stdout.flush()
+            print(f"error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            sys.stdout.flush()
+            print("interrupted", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows defaults and keeps the description/epilog line breaks (e.g. config key docs)."""
+
+
+class HyperrlArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors read like every other error: ``error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: <message>`` and a ``--help`` hint to stderr, exit 2."""
+        self.exit(EXIT_USAGE, f"error: {_one_line(message)}\nrun '{self.prog} --help' for usage\n")
+
+
+def make_parser(prog: str, description: str, *, epilog: str | None = None) -> HyperrlArgumentParser:
+    """An argument parser with one-line usage errors (exit 2) and defaults shown in ``--help``.
+
+    Subparsers made with ``add_subparsers()`` inherit the same behaviour.
+    """
+    return HyperrlArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=_HelpFormatter
+    )
+
+
+def add_config_args(parser: argparse.ArgumentParser, *, config_help: str | None = None) -> None:
+    """Add ``--config PATH`` and repeatable ``--set KEY=VALUE`` (stored in ``args.overrides``)."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help=config_help or "YAML config file (keys not given take their defaults)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=None,
+        help="override one config key, e.g. --set ppo.lr=1e-3 --set model.hidden=[32,32] "
+        "(repeatable; applied after --config)",
+    )
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """The config ``cls`` from ``--config`` (or the defaults) with ``--set`` overrides applied."""
+    path = getattr(args, "config", None)
+    cfg = load_yaml_config(cls, path) if path else from_dict(cls, {})
+    return apply_overrides(cfg, getattr(args, "overrides", None) or [])
+
+
+def parse_device(s: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` -> ``torch.device``; HyperrlError if unavailable.
+
+    ``auto`` picks ``cuda`` when ``torch.cuda.is_available()``, else ``cpu``.
+    """
+    text = str(s).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        index: int | None = None
+        if text != "cuda":
+            idx = text[len("cuda:"):]
+            if not idx.isdigit():
+                raise HyperrlError(f"invalid --device {s!r}; expected auto, cpu, cuda or cuda:N")
+            index = int(idx)
+        if not torch.cuda.is_available():
+            raise HyperrlError(f"--device {text} requested but CUDA is not available")
+        if index is not None:
+            count = torch.cuda.device_count()
+            if index >= count:
+                raise HyperrlError(
+                    f"--device {text} requested but only {count} CUDA device(s) are visible "
+                    f"(cuda:0..cuda:{count - 1})"
+                )
+            return torch.device("cuda", index)
+        return torch.device("cuda")
+    raise HyperrlError(f"invalid --device {s!r}; expected auto, cpu, cuda or cuda:N")
+

@@ -1,0 +1,151 @@
+"""Small, separately tested pieces of PPO: GAE, the clipped loss, action distributions.
+
+Conventions: rollout tensors are time-major ``[T, N]``. With same-step autoreset a step's
+successor is ``final_obs`` (the observation the step reached, before any reset), so the
+value to bootstrap from is ``V(final_obs_t)`` evaluated with the context of the variant
+that produced it. A time-limit truncation bootstraps from it; a termination does not
+(SB3 issue #633, Pardo et al. 2018 "Time Limits in Reinforcement Learning").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["gae", "ppo_loss", "Categorical", "DiagGaussian", "explained_variance"]
+
+
+def gae(
+    rewards: torch.Tensor,  # [T, N]
+    values: torch.Tensor,  # [T, N] V(s_t)
+    next_values: torch.Tensor,  # [T, N] V(successor of s_t): V(final_obs_t)
+    terminated: torch.Tensor,  # [T, N] bool
+    truncated: torch.Tensor,  # [T, N] bool
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) -> (advantages, returns), [T, N].
+
+    ``delta_t = r_t + gamma * (1 - terminated_t) * next_values_t - values_t``: a truncated
+    step keeps its bootstrap, a terminated one drops it. The trace stops at any episode
+    end (terminated or truncated), so no advantage leaks across an autoreset.
+    """
+    not_term = (~terminated).to(values.dtype)
+    not_done = (~(terminated | truncated)).to(values.dtype)
+    deltas = rewards + gamma * not_term * next_values - values
+    adv = torch.zeros_like(values)
+    last = torch.zeros_like(values[0])
+    for t in range(values.shape[0] - 1, -1, -1):
+        last = deltas[t] + gamma * lam * not_done[t] * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var[target - pred] / Var[target]; nan when the target is constant."""
+    var = target.var()
+    return float("nan") if float(var) == 0.0 else float(1.0 - (target - pred).var() / var)
+
+
+@dataclass
+class LossOut:
+    loss: torch.Tensor
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+
+
+def ppo_loss(
+    new_logprob: torch.Tensor,  # [B]
+    old_logprob: torch.Tensor,  # [B]
+    advantages: torch.Tensor,  # [B]
+    new_value: torch.Tensor,  # [B]
+    old_value: torch.Tensor,  # [B]
+    returns: torch.Tensor,  # [B]
+    entropy: torch.Tensor,  # [B]
+    clip_coef: float,
+    vf_coef: float,
+    ent_coef: float,
+    clip_vloss: bool = True,
+    norm_adv: bool = True,
+) -> LossOut:
+    """Clipped surrogate + (optionally clipped) value loss - entropy bonus (CleanRL's form)."""
+    logratio = new_logprob - old_logprob
+    ratio = logratio.exp()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - logratio).mean()  # Schulman's k3 estimator
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    if norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
+    if clip_vloss:
+        v_clipped = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
+        v_loss = 0.5 * torch.max((new_value - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((new_value - returns) ** 2).mean()
+    ent = entropy.mean()
+    loss = pg - ent_coef * ent + vf_coef * v_loss
+    return LossOut(loss, pg, v_loss, ent, approx_kl, clipfrac)
+
+
+class Categorical:
+    """Categorical over logits ``[..., A]``; sampling by Gumbel-max (one rand, no multinomial)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits - logits.logsumexp(-1, keepdim=True)  # normalised log-probs
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(self.logits.shape, generator=generator, device=self.logits.device,
+                       dtype=self.logits.dtype)
+        tiny = torch.finfo(u.dtype).tiny
+        gumbel = -torch.log((-torch.log(u.clamp(tiny, 1.0 - 1e-7))).clamp_min(tiny))
+        return (self.logits + gumbel).argmax(-1)
+
+    def mode(self) -> torch.Tensor:
+        return self.logits.argmax(-1)
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        return self.logits.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.logits.exp() * self.logits).sum(-1)
+
+
+class DiagGaussian:
+    """Diagonal Gaussian over ``[..., act_dim]``.
+
+    The env receives the sample clipped to the action bounds (Gymnasium's Pendulum clips
+    the torque itself as well); log-probs are of the unclipped sample, which is what was
+    drawn, so the PPO ratio stays exact (CleanRL's choice; a tanh squash would need the
+    change-of-variables term instead).
+    """
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
+                            dtype=self.mean.dtype)
+        return self.mean + self.log_std.exp() * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        z = (action - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (self.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
+
+
+def kl_categorical(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) for logits [..., A] -> [...] (used in tests and adaptation regularisers)."""
+    lp, lq = F.log_softmax(p_logits, -1), F.log_softmax(q_logits, -1)
+    return (lp.exp() * (lp - lq)).sum(-1)

@@ -1,0 +1,135 @@
+"""Batched CartPole-v1 in torch: Gymnasium's physics, one parameter row per env.
+
+Every env carries its own values of the varying attributes (any of ``gravity``,
+``masscart``, ``masspole``, ``length``, ``force_mag``, ``tau``). ``total_mass`` and
+``polemass_length`` are recomputed from the current values at every step; they are never
+cached, so a changed ``masspole`` can never leave them stale (the bug CARL and RLlib's
+CartPoleMassEnv shipped). ``force_mag`` may be negative: a reversed motor; the force is
+``force_mag`` for action 1 and ``-force_mag`` for action 0, as in Gymnasium.
+
+The arithmetic follows ``gymnasium.envs.classic_control.cartpole.CartPoleEnv.step``
+operation by operation (explicit Euler, the same thresholds, reward 1.0 on every step
+including the terminating one), so in float64 it reproduces Gymnasium to the last bits of
+``sin``/``cos`` (``tests/test_sim_equivalence.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from hyperrl.sim.base import BatchedSim
+
+__all__ = ["BatchedCartPole"]
+
+
+class BatchedCartPole(BatchedSim):
+    """CartPole-v1 for N parameter variants at once; state = (x, x_dot, theta, theta_dot).
+
+    Actions: ``[N]`` tensor of 0/1 on the sim's device (long; int, bool and ``[N, 1]`` are
+    accepted). Observations are the state itself in the sim's dtype (Gymnasium returns
+    float32); like the state they are never modified in place by the sim, and callers
+    should treat them as read-only too (the returned ``obs`` may share the sim's state).
+    """
+
+    DEFAULTS = {
+        "gravity": 9.8,
+        "masscart": 1.0,
+        "masspole": 0.1,
+        "length": 0.5,  # half the pole's length, as in Gymnasium
+        "force_mag": 10.0,
+        "tau": 0.02,  # seconds between state updates
+    }
+    MAX_EPISODE_STEPS = 500
+    STATE_DIM = 4
+
+    theta_threshold_radians = 12 * 2 * math.pi / 360  # as Gymnasium
+    x_threshold = 2.4
+    reset_low, reset_high = -0.05, 0.05
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        high = np.array(
+            [self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf],
+            dtype=np.float32,
+        )
+        self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
+        self.single_action_space = gym.spaces.Discrete(2)
+
+        # Constants as 0-dim tensors on the device: cheaper than python scalars per op
+        # (no wrapped-scalar allocation) and never a host transfer.
+        def scalar(v: float) -> torch.Tensor:
+            return torch.tensor(v, dtype=self.dtype, device=self.device)
+
+        self._slots = [
+            (self._col.get(k), None if k in self._col else scalar(self.constants[k])) for k in self.DEFAULTS
+        ]
+        self._four_thirds = scalar(4.0 / 3.0)
+        # (x_threshold, theta_threshold) repeated per env: compared with |(x, theta)| [N, 2]
+        # in one flat loop (a broadcast [2] operand would make the inner loop 2 long).
+        thr = torch.tensor([self.x_threshold, self.theta_threshold_radians], dtype=self.dtype)
+        self._thresholds = thr.to(self.device).repeat(self.num_envs, 1)
+        self._force_varies = "force_mag" in self._col
+        self._tau_varies = "tau" in self._col
+        # action -> +-1 (times force_mag when it varies), or straight to +-force_mag
+        fm = self.constants["force_mag"]
+        signs = [-1.0, 1.0] if "force_mag" in self._col else [-fm, fm]
+        self._signs = torch.tensor(signs, dtype=self.dtype, device=self.device)
+
+    def initial_state(self, n: int) -> torch.Tensor:
+        out = torch.empty(n, self.STATE_DIM, dtype=self.dtype, device=self.device)
+        return out.uniform_(self.reset_low, self.reset_high, generator=self.generator)
+
+    def observe(self, state: torch.Tensor) -> torch.Tensor:
+        return state
+
+    def dynamics(self, state, action, params):
+        # Each attribute: its [N] column of params when it varies, else a 0-dim constant.
+        cols = params.unbind(-1) if self._col else ()
+        gravity, masscart, masspole, length, force_mag, tau = (
+            cols[j] if j is not None else c for j, c in self._slots
+        )
+        # Derived quantities, recomputed from the current values at every step: never stale.
+        total_mass = masspole + masscart
+        polemass_length = masspole * length
+
+        # force = force_mag if action == 1 else -force_mag (a negative gain: reversed motor)
+        if action.dtype != torch.long or action.dim() != 1:
+            action = action.reshape(-1).long()
+        force = self._signs.index_select(0, action)
+        if self._force_varies:
+            force.mul_(force_mag)
+        theta, theta_dot = state[:, 2], state[:, 3]
+        costheta = torch.cos(theta)
+        sintheta = torch.sin(theta)
+
+        # Gymnasium's expressions evaluated in the same order, so float64 agrees to the bit
+        # (up to sin/cos); in-place ops only save allocations.
+        # temp = (force + polemass_length * theta_dot**2 * sintheta) / total_mass
+        temp = (theta_dot * theta_dot).mul_(polemass_length).mul_(sintheta).add_(force).div_(total_mass)
+        # thetaacc = (gravity * sintheta - costheta * temp)
+        #            / (length * (4/3 - masspole * costheta**2 / total_mass))
+        denom = torch.sub(self._four_thirds, (costheta * costheta).mul_(masspole).div_(total_mass))
+        # Derivatives (x_dot, xacc, theta_dot, thetaacc) laid out like the state, so explicit
+        # Euler from the old state is one multiply and one add over [N, 4].
+        deriv = torch.empty_like(state)
+        xacc, thetaacc = deriv[:, 1], deriv[:, 3]
+        deriv[:, 0::2] = state[:, 1::2]  # (x_dot, theta_dot)
+        torch.div((sintheta * gravity).sub_(costheta * temp), denom.mul_(length), out=thetaacc)
+        # xacc = temp - polemass_length * thetaacc * costheta / total_mass
+        torch.sub(temp, (thetaacc * polemass_length).mul_(costheta).div_(total_mass), out=xacc)
+        # x += tau * x_dot, x_dot += tau * xacc, theta += tau * theta_dot, theta_dot += tau * thetaacc
+        if self._tau_varies:
+            tau = tau.unsqueeze(-1)
+        new_state = state + deriv.mul_(tau)
+        new_pos = new_state[:, 0::2]  # (x, theta)
+
+        # |x| > x_threshold or |theta| > theta_threshold: one compare on the [N, 2] pairs,
+        # then "either of two bools" read as one int16 being nonzero.
+        out_of_bounds = torch.gt(new_pos.abs(), self._thresholds)
+        terminated = out_of_bounds.contiguous().view(torch.int16).view(-1).bool()
+        reward = torch.ones_like(temp)
+        return new_state, reward, terminated

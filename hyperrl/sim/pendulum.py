@@ -1,0 +1,103 @@
+"""Batched Pendulum-v1 in torch: Gymnasium's physics, one parameter row per env.
+
+Any of ``g``, ``m``, ``l`` (and ``max_torque``, ``max_speed``, ``dt``, which Gymnasium keeps
+constant) may vary per env. The step follows
+``gymnasium.envs.classic_control.pendulum.PendulumEnv.step`` operation by operation:
+the torque is clipped to ``[-max_torque, max_torque]``, the cost
+``angle_normalize(th)**2 + .1 * thdot**2 + .001 * u**2`` is taken on the state *before*
+the update, then semi-implicit Euler with the angular speed clipped to ``max_speed``.
+The episode never terminates; the 200-step time limit truncates it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from hyperrl.sim.base import BatchedSim
+
+__all__ = ["BatchedPendulum"]
+
+
+class BatchedPendulum(BatchedSim):
+    """Pendulum-v1 for N parameter variants at once; state = (th, thdot), obs = (cos, sin, thdot).
+
+    Actions: ``[N, 1]`` (or ``[N]``) float torques on the sim's device, clipped to
+    ``max_torque`` as Gymnasium does.
+    """
+
+    DEFAULTS = {
+        "g": 10.0,
+        "m": 1.0,
+        "l": 1.0,
+        "max_torque": 2.0,
+        "max_speed": 8.0,
+        "dt": 0.05,
+    }
+    MAX_EPISODE_STEPS = 200
+    STATE_DIM = 2
+
+    reset_high = (math.pi, 1.0)  # th ~ U(-pi, pi), thdot ~ U(-1, 1), as Gymnasium's reset
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The spaces Gymnasium's PendulumEnv builds in __init__ (from its defaults; setting
+        # max_torque or max_speed on the env afterwards leaves them unchanged there too).
+        d = self.DEFAULTS
+        high = np.array([1.0, 1.0, d["max_speed"]], dtype=np.float32)
+        self.single_observation_space = gym.spaces.Box(low=-high, high=high, dtype=np.float32)
+        self.single_action_space = gym.spaces.Box(
+            low=-d["max_torque"], high=d["max_torque"], shape=(1,), dtype=np.float32
+        )
+
+        # Constants as 0-dim tensors on the device, so every expression below is tensor
+        # arithmetic whatever varies (``float / tensor`` in torch is reciprocal-then-multiply,
+        # which would round differently from Gymnasium's division).
+        def scalar(v: float) -> torch.Tensor:
+            return torch.tensor(v, dtype=self.dtype, device=self.device)
+
+        self._slots = [
+            (self._col.get(k), None if k in self._col else scalar(self.constants[k])) for k in self.DEFAULTS
+        ]
+        self._three = scalar(3.0)
+
+    def initial_state(self, n: int) -> torch.Tensor:
+        out = torch.empty(n, self.STATE_DIM, dtype=self.dtype, device=self.device)
+        for j, h in enumerate(self.reset_high):
+            out[:, j].uniform_(-h, h, generator=self.generator)
+        return out
+
+    def observe(self, state: torch.Tensor) -> torch.Tensor:
+        th = state[:, 0]
+        obs = torch.empty(state.shape[0], 3, dtype=state.dtype, device=state.device)
+        torch.cos(th, out=obs[:, 0])
+        torch.sin(th, out=obs[:, 1])
+        obs[:, 2] = state[:, 1]
+        return obs
+
+    def dynamics(self, state, action, params):
+        # Each attribute: its [N] column of params when it varies, else a 0-dim constant.
+        cols = params.unbind(-1) if self._col else ()
+        g, m, l, max_torque, max_speed, dt = (cols[j] if j is not None else c for j, c in self._slots)
+        th, thdot = state[:, 0], state[:, 1]
+        u = action.reshape(state.shape[0]).to(self.dtype)
+        u = torch.clamp(u, -max_torque, max_torque)  # np.clip(u, -max_torque, max_torque)[0]
+
+        # Gymnasium's expressions evaluated in the same order, so float64 agrees to the bit
+        # (up to sin and Python's l**2 being pow(), which can differ from l*l in the last bit).
+        # costs = angle_normalize(th) ** 2 + 0.1 * thdot**2 + 0.001 * (u**2)
+        ang = torch.remainder(th + math.pi, 2 * math.pi).sub_(math.pi)
+        costs = (ang * ang).add_((thdot * thdot).mul_(0.1)).add_((u * u).mul_(0.001))
+        # newthdot = thdot + (3 * g / (2 * l) * sin(th) + 3.0 / (m * l**2) * u) * dt
+        gravity_term = torch.sin(th).mul_(torch.div(g * 3, l * 2))
+        torque_term = u * torch.div(self._three, m * (l * l))
+        newthdot = thdot + gravity_term.add_(torque_term).mul_(dt)
+        newthdot = torch.clamp(newthdot, -max_speed, max_speed)
+        new_state = torch.empty_like(state)
+        torch.add(th, newthdot * dt, out=new_state[:, 0])  # newth = th + newthdot * dt
+        new_state[:, 1] = newthdot
+        terminated = torch.zeros(state.shape[0], dtype=torch.bool, device=state.device)
+        return new_state, costs.neg_(), terminated

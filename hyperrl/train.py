@@ -1,0 +1,447 @@
+"""Train a hypernetwork-generated policy across a family with PPO.
+
+    python -m hyperrl.train --env-family cartpole-mass [--config F] [--set ppo.lr=1e-3 ...]
+        [--seed N] [--total-steps N] [--device auto|cpu|cuda] [--run-dir DIR] [--resume RUN_DIR]
+
+The PPO loop is :func:`train`, top to bottom (CleanRL's virtue); its pieces (GAE, loss,
+distributions, slot-wise weight application) live in ``ppo.py``/``agent.py`` and are
+tested alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from hyperrl import __version__
+from hyperrl.agent import HyperAgent, SlotRows, gather_slots
+from hyperrl.checkpoint import CheckpointManager, git_commit, load_checkpoint
+from hyperrl.cli import main_guard, make_parser, parse_device
+from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_config, to_dict
+from hyperrl.errors import HyperrlError
+from hyperrl.evaluation import evaluate_values
+from hyperrl.families import SPLITS, Family, load_family
+from hyperrl.ppo import explained_variance, gae, ppo_loss
+from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
+from hyperrl.sim import BatchedSim, make_vec_env
+from hyperrl.train_config import TrainConfig
+
+__all__ = ["train", "main", "resolve_config", "TrainingDiverged"]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class TrainingDiverged(HyperrlError):
+    """A non-finite loss or generated weight: the run stops, the last good checkpoint stays."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _all_finite(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()
+
+
+def train(
+    cfg: TrainConfig,
+    family: Family,
+    run_dir: Path,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run PPO on ``family`` with ``cfg``, writing TensorBoard events, checkpoints and
+    ``metrics.json`` into ``run_dir``. ``resume`` is a loaded 'latest' checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+
+    from hyperrl.plots import figure_to_array, return_vs_param_figure
+
+    t_start = time.perf_counter()
+    device = parse_device(cfg.device)
+    dtype = _dtype(cfg.dtype)
+    seed_everything(cfg.seed)
+    n, k, t_len = cfg.env.num_envs, cfg.env.variant_slots, cfg.ppo.num_steps
+    batch = n * t_len
+    num_updates = max(1, math.ceil(cfg.total_steps / batch))
+    mb_cols = max(1, n // cfg.ppo.num_minibatches)
+
+    # ---- environments, variants, agent --------------------------------------------------
+    # Explicit generators (design rule 9): parameter draws and policy sampling have their own
+    # streams, so changing one (e.g. eval settings) never shifts the other.
+    param_gen = make_generator(cfg.seed, device)
+    action_gen = make_generator(cfg.seed + 1, device)
+    env = make_vec_env(family, n, device=device, dtype=dtype, seed=cfg.seed, backend=cfg.env.backend)
+    agent = HyperAgent(env.obs_dim, env.single_action_space, family.context_dim, cfg.model).to(device, dtype)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps)
+    ckpt = CheckpointManager(run_dir)
+
+    global_step, update0, best_score, evals_done = 0, 0, -math.inf, 0
+    history: list[dict[str, Any]] = []
+    time_to_target: float | None = None
+    steps_to_target: int | None = None
+    elapsed_before = 0.0
+    obs = env.reset(params=family.sample(n, param_gen, device, dtype), seed=cfg.seed)
+    if resume is not None:
+        agent.load_state_dict(resume["hypernet"])
+        optimizer.load_state_dict(resume["optimizer"])
+        set_rng_state(resume["rng"])
+        restore_generators({"params": param_gen, "actions": action_gen}, resume["generators"])
+        st = resume["extra"]
+        global_step, update0, best_score = resume["step"], st["update"], st["best_score"]
+        evals_done, history, elapsed_before = st["evals_done"], st["history"], st["elapsed"]
+        time_to_target, steps_to_target = st.get("time_to_target"), st.get("steps_to_target")
+        if isinstance(env, BatchedSim) and "env" in st:  # continue the very same episodes
+            es = st["env"]
+            env.state, env.elapsed = es["state"].to(device, dtype), es["elapsed"].to(device)
+            env.params, env.next_params = es["params"].to(device, dtype), es["next_params"].to(device, dtype)
+            env.generator.set_state(es["generator"].cpu())
+            obs = env.observe(env.state)
+        else:  # generic backend: gymnasium envs cannot be snapshotted; start fresh episodes
+            obs = env.reset(params=family.sample(n, param_gen, device, dtype), seed=cfg.seed + update0)
+
+    # purge_step: a resumed run overwrites any events logged after its checkpoint.
+    writer = SummaryWriter(str(run_dir), purge_step=global_step if resume is not None else None)
+    ep_ret = torch.zeros(n, dtype=torch.float64, device=device)
+    ep_len = torch.zeros(n, dtype=torch.long, device=device)
+    if resume is not None and "ep_ret" in resume["extra"]:
+        ep_ret = resume["extra"]["ep_ret"].to(device)
+        ep_len = resume["extra"]["ep_len"].to(device)
+
+    # Rollout storage, time-major [T, N, ...], on the device for the whole run.
+    obs_buf = torch.zeros(t_len, n, env.obs_dim, dtype=dtype, device=device)
+    final_obs_buf = torch.zeros_like(obs_buf)
+    act_shape = () if agent.discrete else (agent.act_dim,)
+    act_buf = torch.zeros(t_len, n, *act_shape, dtype=torch.long if agent.discrete else dtype, device=device)
+    logp_buf = torch.zeros(t_len, n, dtype=dtype, device=device)
+    rew_buf = torch.zeros(t_len, n, dtype=dtype, device=device)
+    term_buf = torch.zeros(t_len, n, dtype=torch.bool, device=device)
+    trunc_buf = torch.zeros(t_len, n, dtype=torch.bool, device=device)
+    slot_buf = torch.zeros(t_len, n, dtype=torch.long, device=device)
+    cols = torch.arange(n, device=device)
+    all_rows = SlotRows.all_slots(torch.zeros(n, 1, dtype=torch.long, device=device), k)  # rollout rows
+
+    def run_eval(step: int) -> dict[str, float]:
+        """Zero-shot evaluation on the held-out splits: scalars, a picture, a checkpoint."""
+        nonlocal best_score, evals_done, time_to_target, steps_to_target
+        agent.eval()
+        result: dict[str, float] = {}
+        all_values, all_means = [], []
+        for split in SPLITS:
+            stats = evaluate_values(agent, family, family.heldout_values(split), cfg.eval.episodes,
+                                    seed=10_000 + evals_done, device=device, dtype=dtype,
+                                    deterministic=cfg.eval.deterministic)
+            result[split] = float(stats.mean.mean())
+            writer.add_scalar(f"eval/{split}/return_mean", result[split], step)
+            writer.add_scalar(f"eval/{split}/return_min", float(stats.mean.min()), step)
+            if family.success_return is not None:
+                success = float((stats.returns >= family.success_return).double().mean())
+                writer.add_scalar(f"eval/{split}/success_rate", success, step)
+            all_values.append(stats.values)
+            all_means.append(stats.mean)
+        values, means = torch.cat(all_values), torch.cat(all_means)
+        fig = return_vs_param_figure(family, values, means, None, title=f"zero-shot return, step {step}",
+                                     threshold=family.success_return)
+        writer.add_image("eval/return_vs_param", figure_to_array(fig), step, dataformats="HWC")
+        if cfg.histogram_interval_evals and evals_done % cfg.histogram_interval_evals == 0:
+            with torch.no_grad():
+                w = agent.policy_weights(family.context(values).to(device, dtype))
+            for key, tensor in w.items():
+                writer.add_histogram(f"charts/generated_weights/{key}", tensor.float().cpu(), step)
+        evals_done += 1
+        agent.train()
+        score = 0.5 * (result["interpolation"] + result["extrapolation"])
+        elapsed = elapsed_before + time.perf_counter() - t_start
+        history.append({"step": step, "time_s": elapsed, **result})
+        target = cfg.stop_at_return if cfg.stop_at_return is not None else family.success_return
+        if time_to_target is None and target is not None and min(result.values()) >= target:
+            time_to_target, steps_to_target = elapsed, step
+        if score > best_score:
+            best_score = score
+            ckpt.save_best(payload(step, update), score)
+        return result
+
+    def payload(step: int, upd: int) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "update": upd, "best_score": best_score, "evals_done": evals_done, "history": history,
+            "elapsed": elapsed_before + time.perf_counter() - t_start,
+            "time_to_target": time_to_target, "steps_to_target": steps_to_target,
+            "ep_ret": ep_ret.cpu(), "ep_len": ep_len.cpu(),
+        }
+        if isinstance(env, BatchedSim):
+            extra["env"] = {"state": env.state.cpu(), "elapsed": env.elapsed.cpu(), "params": env.params.cpu(),
+                            "next_params": env.next_params.cpu(), "generator": env.generator.get_state()}
+        return {
+            "hypernet": agent.state_dict(),
+            "critic": (agent.critic or agent.critic_hyper).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "generators": {"params": param_gen.get_state(), "actions": action_gen.get_state()},
+            "step": step,
+            "version": __version__,
+            "git_commit": git_commit(),
+            "config": to_dict(cfg),
+            "family": family.name,
+            "obs_dim": env.obs_dim,
+            "extra": extra,
+        }
+
+    # ---- the loop ---------------------------------------------------------------------------
+    bar = tqdm(total=cfg.total_steps, initial=min(global_step, cfg.total_steps), unit="step",
+               unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, file=sys.stderr)
+    next_eval = (global_step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
+    next_ckpt = global_step + cfg.checkpoint_interval_steps
+    recent_return = float("nan")
+    last_eval: dict[str, float] = {}
+    update = update0
+    stopped_early = False
+    t_loop = time.perf_counter()
+    steps_at_loop = global_step
+    while update < num_updates:
+        update += 1
+        if cfg.ppo.anneal_lr:
+            optimizer.param_groups[0]["lr"] = cfg.ppo.lr * (1.0 - (update - 1) / num_updates)
+
+        # Variant slots for this rollout: slot 0 is each env's current variant (its episode
+        # continues), slots 1..K-1 are fresh draws it moves to as its episodes end.
+        params_tab = torch.cat([env.params.unsqueeze(1),
+                                family.sample(n * (k - 1), param_gen, device, dtype).view(n, k - 1, -1)], 1)
+        ctx_tab = family.context(params_tab).to(dtype)  # [N, K, C]
+        slot = torch.zeros(n, dtype=torch.long, device=device)
+        env.next_params = params_tab[:, 1]
+        with torch.no_grad():
+            weights = agent.policy_weights(ctx_tab.view(n * k, -1))  # each [N*K, ...]
+            if not bool(_all_finite(weights)):
+                raise TrainingDiverged(f"non-finite generated weights at step {global_step}; "
+                                       f"the last good checkpoint is in {ckpt.latest_path}")
+
+        # -- rollout: T steps of N variants, no host transfer --
+        ret_sum = torch.zeros((), dtype=torch.float64, device=device)
+        ret_cnt = torch.zeros((), dtype=torch.long, device=device)
+        for t in range(t_len):
+            obs_buf[t], slot_buf[t] = obs, slot
+            with torch.no_grad():
+                rows = SlotRows(all_rows.col, all_rows.slot, all_rows.sample_row + slot.unsqueeze(1))
+                dist = agent.dist_rows(weights, obs.unsqueeze(1), rows)
+                action = dist.sample(action_gen).squeeze(1)
+                logp_buf[t] = dist.log_prob(action.unsqueeze(1)).squeeze(1)
+            act_buf[t] = action
+            out = env.step(agent.env_action(action))
+            rew_buf[t], term_buf[t], trunc_buf[t], final_obs_buf[t] = (
+                out.reward, out.terminated, out.truncated, out.final_obs)
+            done = out.terminated | out.truncated
+            ep_ret += out.reward.to(torch.float64)
+            ep_len += 1
+            ret_sum += (ep_ret * done).sum()
+            ret_cnt += done.sum()
+            ep_ret.masked_fill_(done, 0.0)
+            ep_len.masked_fill_(done, 0)
+            slot = torch.where(done, (slot + 1).clamp(max=k - 1), slot)
+            env.next_params = params_tab[cols, (slot + 1).clamp(max=k - 1)]
+            obs = out.obs
+        global_step += batch
+
+        # -- advantages: V(s_t) and V(final_obs_t) under the variant that produced step t --
+        ctx_buf = gather_slots(ctx_tab, slot_buf)  # [T, N, C]
+        tm = lambda x: x.transpose(0, 1)  # noqa: E731  [T, N, ...] <-> [N, T, ...]
+        with torch.no_grad():
+            rows = SlotRows.used_slots(tm(slot_buf), k) if agent.critic is None else None
+            cw = agent.critic_weights(ctx_tab[rows.col, rows.slot]) if rows is not None else None
+            values = tm(agent.value(tm(obs_buf), tm(ctx_buf), rows, cw))
+            next_values = tm(agent.value(tm(final_obs_buf), tm(ctx_buf), rows, cw))
+        adv, returns = gae(rew_buf, values, next_values, term_buf, trunc_buf, cfg.ppo.gamma, cfg.ppo.gae_lambda)
+
+        # -- update: minibatches of env columns; each visited (column, slot) variant's weights
+        #    are generated once per minibatch and applied to all its steps --
+        stats: dict[str, list[torch.Tensor]] = {k_: [] for k_ in
+                                                ("policy", "value", "entropy", "approx_kl", "clipfrac")}
+        for epoch in range(cfg.ppo.update_epochs):
+            perm = torch.randperm(n, device=device)
+            for mb in perm.split(mb_cols):
+                o = tm(obs_buf[:, mb])  # [M, T, D]
+                rows = SlotRows.used_slots(tm(slot_buf[:, mb]), k)  # only the slots visited
+                ctx_rows = ctx_tab[mb[rows.col], rows.slot]  # [R, C]
+                dist = agent.dist_rows(agent.policy_weights(ctx_rows), o, rows)
+                new_logp = dist.log_prob(tm(act_buf[:, mb]))
+                new_v = agent.value(o, tm(ctx_buf[:, mb]), rows, agent.critic_weights(ctx_rows))
+                lo = ppo_loss(new_logp.reshape(-1), tm(logp_buf[:, mb]).reshape(-1), tm(adv[:, mb]).reshape(-1),
+                              new_v.reshape(-1), tm(values[:, mb]).reshape(-1), tm(returns[:, mb]).reshape(-1),
+                              dist.entropy().reshape(-1), cfg.ppo.clip_coef, cfg.ppo.vf_coef, cfg.ppo.ent_coef,
+                              cfg.ppo.clip_vloss, cfg.ppo.norm_adv)
+                optimizer.zero_grad(set_to_none=True)
+                lo.loss.backward()
+                torch.nn.utils.clip_grad_norm_(agent.parameters(), cfg.ppo.max_grad_norm)
+                optimizer.step()
+                for key in stats:
+                    stats[key].append(getattr(lo, key).detach())
+            if not bool(torch.isfinite(torch.stack(stats["policy"] + stats["value"])).all()):
+                raise TrainingDiverged(f"non-finite loss at step {global_step} (update {update}); the last "
+                                       f"good checkpoint is in {ckpt.latest_path}")
+            if cfg.ppo.target_kl is not None and float(stats["approx_kl"][-1]) > cfg.ppo.target_kl:
+                break
+
+        # -- logging: one host sync per update --
+        means = {key: float(torch.stack(v).mean()) for key, v in stats.items()}
+        for key, v in means.items():
+            writer.add_scalar(f"losses/{key}", v, global_step)
+        writer.add_scalar("losses/explained_variance", explained_variance(values.flatten(), returns.flatten()),
+                          global_step)
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        cnt = int(ret_cnt)
+        if cnt:
+            recent_return = float(ret_sum) / cnt
+            writer.add_scalar("charts/episode_return", recent_return, global_step)
+        sps = (global_step - steps_at_loop) / max(time.perf_counter() - t_loop, 1e-9)
+        writer.add_scalar("charts/steps_per_second", sps, global_step)
+        bar.update(min(global_step, cfg.total_steps) - bar.n)
+        bar.set_postfix_str(f"{sps:,.0f} steps/s, return {recent_return:.1f}", refresh=False)
+
+        if global_step >= next_eval or update == num_updates:
+            last_eval = run_eval(global_step)
+            next_eval = (global_step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
+            ckpt.save_latest(payload(global_step, update))
+            next_ckpt = global_step + cfg.checkpoint_interval_steps
+            tqdm.write(f"step {global_step:>10,}  eval interpolation {last_eval['interpolation']:8.1f}  "
+                       f"extrapolation {last_eval['extrapolation']:8.1f}", file=sys.stderr)
+            if cfg.stop_at_return is not None and min(last_eval.values()) >= cfg.stop_at_return:
+                stopped_early = True
+                break
+        elif global_step >= next_ckpt:
+            ckpt.save_latest(payload(global_step, update))
+            next_ckpt = global_step + cfg.checkpoint_interval_steps
+    bar.close()
+    env.close()
+    wall = elapsed_before + time.perf_counter() - t_start
+    metrics = {
+        "family": family.name,
+        "env_steps": global_step,
+        "updates": update,
+        "wall_clock_s": wall,
+        "steps_per_second": (global_step - steps_at_loop) / max(time.perf_counter() - t_loop, 1e-9),
+        "eval_interpolation_return": last_eval.get("interpolation"),
+        "eval_extrapolation_return": last_eval.get("extrapolation"),
+        "best_heldout_return": best_score,
+        "time_to_target_s": time_to_target,
+        "steps_to_target": steps_to_target,
+        "target_return": cfg.stop_at_return if cfg.stop_at_return is not None else family.success_return,
+        "stopped_early": stopped_early,
+        "history": history,
+        "device": str(device),
+        "seed": cfg.seed,
+    }
+    hparams = {"family": family.name, "seed": cfg.seed, "num_envs": n, "lr": cfg.ppo.lr,
+               "num_steps": t_len, "hidden": str(list(cfg.model.hidden_sizes)), "init": cfg.model.init,
+               "critic": cfg.model.critic, "chunk_size": cfg.model.chunk_size}
+    writer.add_hparams(hparams, {"hparam/interpolation_return": metrics["eval_interpolation_return"] or 0.0,
+                                 "hparam/extrapolation_return": metrics["eval_extrapolation_return"] or 0.0},
+                       run_name=".")
+    writer.close()
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(run_dir / "metrics.json")
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def resolve_config(family: Family, config_path: str | None, overrides: Sequence[str],
+                   seed: int | None = None, total_steps: int | None = None,
+                   device: str | None = None) -> TrainConfig:
+    """Defaults <- configs/<family>.yaml (or --config) <- --set overrides <- explicit flags."""
+    if config_path is not None:
+        cfg = load_yaml_config(TrainConfig, config_path)
+    elif (CONFIG_DIR / f"{family.name}.yaml").is_file():
+        cfg = load_yaml_config(TrainConfig, CONFIG_DIR / f"{family.name}.yaml")
+    else:
+        cfg = TrainConfig()
+    cfg = apply_overrides(cfg, list(overrides))
+    flags = {"seed": seed, "total_steps": total_steps, "device": device}
+    cfg = replace(cfg, **{key: v for key, v in flags.items() if v is not None})
+    if cfg.total_steps < 1:
+        raise HyperrlError("--total-steps must be at least 1")
+    return cfg
+
+
+def _new_run_dir(family: Family, seed: int, run_dir: str | None) -> Path:
+    if run_dir is not None:
+        path = Path(run_dir)
+        if path.exists() and any(path.iterdir()):
+            raise HyperrlError(f"run dir {path} already exists and is not empty; "
+                               "use --resume to continue it or pick another --run-dir")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path("runs") / family.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = base / (f"{stamp}-s{seed}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise HyperrlError(f"could not create a fresh run dir under {base}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("python -m hyperrl.train", "Train a hypernetwork policy across an environment family.")
+    parser.add_argument("--env-family", help="built-in family name (see envs/) or path to a family YAML")
+    parser.add_argument("--config", help="training config YAML (default: configs/<family>.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set ppo.lr=1e-3 (repeatable)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--total-steps", type=int)
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--run-dir", help="output folder (default: runs/<family>/<timestamp>-s<seed>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    parser.add_argument("--help-config", action="store_true", help="list every config key and exit")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(config_docs(TrainConfig))
+        return 0
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.env_family or args.config or args.overrides or args.run_dir or args.seed is not None:
+            raise HyperrlError("--resume takes the run's own config; only --total-steps and --device may be given")
+        if not (run_dir / "config.yaml").is_file():
+            raise HyperrlError(f"{run_dir} is not a hyperrl run dir (no config.yaml)")
+        cfg = load_yaml_config(TrainConfig, run_dir / "config.yaml")
+        family = load_family(run_dir / "family.yaml")
+        cfg = replace(cfg, **{k_: v for k_, v in {"total_steps": args.total_steps, "device": args.device}.items()
+                              if v is not None})
+        ckpt = CheckpointManager(run_dir)
+        payload = load_checkpoint(ckpt.latest_path, map_location=parse_device(cfg.device))
+        if payload["step"] >= cfg.total_steps:
+            print(f"run {run_dir} already has {payload['step']:,} of {cfg.total_steps:,} steps; nothing to do")
+            return 0
+        save_config(cfg, run_dir / "config.yaml")
+        train(cfg, family, run_dir, resume=payload)
+        print(f"run dir: {run_dir}")
+        return 0
+
+    if not args.env_family:
+        parser.error("--env-family is required (or --resume RUN_DIR)")
+    family = load_family(args.env_family)
+    cfg = resolve_config(family, args.config, args.overrides, args.seed, args.total_steps, args.device)
+    parse_device(cfg.device)  # fail before creating anything
+    run_dir = _new_run_dir(family, cfg.seed, args.run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    shutil.copyfile(family.source, run_dir / "family.yaml")
+    metrics = train(cfg, family, run_dir)
+    print(f"run dir: {run_dir}")
+    print(f"held-out return: interpolation {metrics['eval_interpolation_return']:.1f}, "
+          f"extrapolation {metrics['eval_extrapolation_return']:.1f}; "
+          f"{metrics['env_steps']:,} steps in {metrics['wall_clock_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main)())

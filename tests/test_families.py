@@ -1,0 +1,469 @@
+"""The family layer: loading, validation messages, sampling, context, held-out sets."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hyperrl.errors import FamilyError, HyperrlError
+from hyperrl.families import (
+    Family,
+    builtin_families_dir,
+    family_from_dict,
+    list_families,
+    load_family,
+)
+
+BUILTINS = ["acrobot-links", "cartpole-actuator", "cartpole-mass", "cartpole-mass-length",
+            "pendulum-mass-length"]
+
+
+def raw_builtin(name: str) -> dict:
+    return yaml.safe_load((builtin_families_dir() / f"{name}.yaml").read_text())
+
+
+def write_yaml(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+def test_list_families_has_builtins():
+    assert set(BUILTINS) <= set(list_families())
+    assert list_families() == sorted(list_families())
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_builtin_loads_by_name_and_path(name):
+    by_name = load_family(name)
+    by_path = load_family(builtin_families_dir() / f"{name}.yaml")
+    assert isinstance(by_name, Family)
+    assert by_name.name == by_path.name == name
+    assert by_name.param_names == by_path.param_names
+    assert by_name.num_params == len(by_name.params) >= 1
+    for split in ("interpolation", "extrapolation"):
+        assert torch.equal(by_name.heldout_values(split), by_path.heldout_values(split))
+    # a real env with the first interpolation point applied
+    values = by_name.heldout_values("interpolation")[0]
+    env = by_name.make_env(values)
+    try:
+        for n, v in by_name.as_dict(values).items():
+            assert getattr(env.unwrapped, n) == pytest.approx(v)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+    finally:
+        env.close()
+
+
+def test_cartpole_mass_derived_attributes_recomputed():
+    fam = load_family("cartpole-mass")
+    env = fam.make_env({"masspole": 0.4})
+    try:
+        base = env.unwrapped
+        assert base.masspole == 0.4
+        assert base.total_mass == pytest.approx(0.4 + base.masscart)
+        assert base.polemass_length == pytest.approx(0.4 * base.length)
+        fam.apply(env, [0.06])
+        assert base.total_mass == pytest.approx(0.06 + base.masscart)
+    finally:
+        env.close()
+
+
+USER_PENDULUM = """\
+name: pendulum-gravity
+description: Pendulum-v1 with varying gravity (written by a user, no code)
+env_id: Pendulum-v1
+max_episode_steps: 50
+params:
+  g:
+    unit: m/s^2
+    bounds: [1.0, 25.0]
+    context: linear
+    train: {dist: uniform, ranges: [[8.0, 12.0]]}
+heldout:
+  interpolation:
+    values: [9.0, 10.0, 11.0]
+  extrapolation:
+    values: [3.0, 5.0, 15.0, 20.0]
+"""
+
+
+def test_user_family_yaml_works_without_code(tmp_path):
+    from hyperrl.sim import make_vec_env
+    from hyperrl.sim.generic import GymnasiumVecEnv
+
+    path = tmp_path / "pendulum-gravity.yaml"
+    path.write_text(USER_PENDULUM)
+    fam = load_family(str(path))
+    assert fam.name == "pendulum-gravity" and fam.param_names == ("g",)
+    assert fam.batched is None and fam.max_episode_steps == 50
+    env = fam.make_env({"g": 3.7})
+    try:
+        assert env.unwrapped.g == 3.7
+        assert env.spec.max_episode_steps == 50
+    finally:
+        env.close()
+    vec = make_vec_env(fam, 2, seed=0)
+    try:
+        assert isinstance(vec, GymnasiumVecEnv)
+        obs = vec.reset(params=torch.tensor([[9.0], [15.0]], dtype=torch.float64))
+        assert obs.shape == (2, 3)
+        assert vec.get_attr("g") == (9.0, 15.0)
+        for _ in range(50):
+            out = vec.step(torch.zeros(2, 1))
+        assert out.truncated.all() and not out.terminated.any()
+    finally:
+        vec.close()
+
+
+# --------------------------------------------------------------------------------------
+# Bad input: every message names what is wrong
+# --------------------------------------------------------------------------------------
+def test_unknown_family_name_lists_available():
+    with pytest.raises(FamilyError) as e:
+        load_family("cartpole-bogus")
+    msg = str(e.value)
+    assert "cartpole-bogus" in msg
+    for name in BUILTINS:
+        assert name in msg
+    assert issubclass(FamilyError, HyperrlError)
+
+
+def test_missing_family_file(tmp_path):
+    with pytest.raises(FamilyError, match="does not exist"):
+        load_family(tmp_path / "nope.yaml")
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nenv_id: CartPole-v1\nparams:\n  masspole: {bounds: [0.1, 1.0]\nheldout: {}\n")
+    with pytest.raises(FamilyError) as e:
+        load_family(path)
+    msg = str(e.value)
+    assert "malformed YAML" in msg and "line " in msg and str(path) in msg
+
+
+def test_unknown_key_names_key_path(tmp_path):
+    raw = raw_builtin("cartpole-mass")
+    raw["params"]["masspole"]["bogus"] = 1
+    with pytest.raises(FamilyError, match=r"params\.masspole\.bogus: unknown key"):
+        load_family(write_yaml(tmp_path / "f.yaml", raw))
+
+    raw = raw_builtin("cartpole-mass")
+    raw["params"]["masspole"]["train"]["shape"] = "flat"
+    with pytest.raises(FamilyError, match=r"params\.masspole\.train\.shape"):
+        family_from_dict(raw)
+
+    raw = raw_builtin("cartpole-mass")
+    raw["colour"] = "red"
+    with pytest.raises(FamilyError, match=r"colour: unknown key"):
+        family_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "path, key",
+    [((), "env_id"), ((), "heldout"), (("params", "masspole"), "bounds"),
+     (("params", "masspole"), "train"), (("params", "masspole", "train"), "ranges")],
+)
+def test_missing_required_key(path, key):
+    raw = raw_builtin("cartpole-mass")
+    d = raw
+    for k in path:
+        d = d[k]
+    del d[key]
+    with pytest.raises(FamilyError) as e:
+        family_from_dict(raw, source="x.yaml")
+    msg = str(e.value)
+    assert f"missing required key '{key}'" in msg and "x.yaml" in msg
+    if path:
+        assert ".".join(path) in msg
+
+
+def test_train_range_outside_bounds():
+    raw = raw_builtin("cartpole-mass")
+    raw["params"]["masspole"]["train"]["ranges"] = [[0.001, 0.5]]
+    with pytest.raises(FamilyError, match=r"params\.masspole\.train\.ranges\[0\].*physical bounds"):
+        family_from_dict(raw)
+
+
+def test_signed_train_range_crossing_zero_rejected():
+    # |force_mag| >= 0.5 physically: a range through 0 would sample non-physical gains
+    raw = raw_builtin("cartpole-actuator")
+    raw["params"]["force_mag"]["train"]["ranges"] = [[-15.0, 15.0]]
+    with pytest.raises(FamilyError, match=r"params\.force_mag\.train\.ranges\[0\].*crosses 0"):
+        family_from_dict(raw)
+
+
+def test_bad_bounds_and_choices():
+    raw = raw_builtin("cartpole-mass")
+    raw["params"]["masspole"]["bounds"] = [1.0, 0.5]
+    with pytest.raises(FamilyError, match=r"params\.masspole\.bounds.*low must be < high"):
+        family_from_dict(raw)
+    raw = raw_builtin("cartpole-mass")
+    raw["params"]["masspole"]["train"]["dist"] = "gaussian"
+    with pytest.raises(FamilyError, match=r"params\.masspole\.train\.dist.*uniform, log_uniform"):
+        family_from_dict(raw)
+
+
+def test_interpolation_point_outside_train_range():
+    raw = raw_builtin("cartpole-mass")
+    raw["heldout"]["interpolation"]["values"].append(0.7)
+    with pytest.raises(FamilyError, match=r"heldout\.interpolation.*masspole=0\.7.*outside the train range"):
+        family_from_dict(raw)
+
+
+def test_extrapolation_point_inside_train_range():
+    raw = raw_builtin("cartpole-mass")
+    raw["heldout"]["extrapolation"]["values"].append(0.2)
+    with pytest.raises(FamilyError, match=r"heldout\.extrapolation.*masspole=0\.2.*inside the train range"):
+        family_from_dict(raw)
+
+
+def test_heldout_point_outside_physical_bounds():
+    raw = raw_builtin("cartpole-mass")
+    raw["heldout"]["extrapolation"]["values"].append(5.0)
+    with pytest.raises(FamilyError, match=r"heldout\.extrapolation.*masspole=5.*physical bounds"):
+        family_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    "family, values, name, bounds",
+    [
+        ("cartpole-mass", {"masspole": -0.1}, "masspole", "[0.005, 2]"),  # negative mass
+        ("cartpole-mass", {"masspole": 3.0}, "masspole", "[0.005, 2]"),
+        ("acrobot-links", {"LINK_MASS_1": 1.0, "LINK_MASS_2": 1.0, "LINK_LENGTH_1": 0.0},
+         "LINK_LENGTH_1", "[0.1, 3]"),  # zero length
+        ("cartpole-actuator", {"force_mag": 0.0}, "force_mag", "|force_mag| in [0.5, 30]"),
+        ("cartpole-actuator", {"force_mag": -40.0}, "force_mag", "|force_mag| in [0.5, 30]"),
+        ("cartpole-mass", {"masspole": float("nan")}, "masspole", "[0.005, 2]"),
+    ],
+)
+def test_value_outside_physical_bounds(family, values, name, bounds):
+    fam = load_family(family)
+    with pytest.raises(FamilyError) as e:
+        fam.values_tensor(values)
+    assert name in str(e.value) and bounds in str(e.value)
+    with pytest.raises(FamilyError) as e:
+        fam.make_env(values)
+    assert name in str(e.value) and bounds in str(e.value)
+
+
+def test_signed_values_accept_either_sign():
+    fam = load_family("cartpole-actuator")
+    assert fam.values_tensor({"force_mag": -7.5}).tolist() == [-7.5]
+    env = fam.make_env([-7.5])
+    try:
+        assert env.unwrapped.force_mag == -7.5
+    finally:
+        env.close()
+
+
+def test_unknown_parameter_name_and_wrong_count():
+    fam = load_family("cartpole-mass-length")
+    with pytest.raises(FamilyError, match=r"no parameter 'mass'.*masspole, length"):
+        fam.values_tensor({"mass": 0.1, "length": 0.5})
+    with pytest.raises(FamilyError, match=r"no parameter 'bogus'"):
+        fam.spec("bogus")
+    with pytest.raises(FamilyError, match=r"no value given for parameter\(s\) length"):
+        fam.values_tensor({"masspole": 0.1})
+    with pytest.raises(FamilyError, match=r"2 parameter\(s\).*got 3"):
+        fam.values_tensor([0.1, 0.5, 0.3])
+
+
+# --------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BUILTINS)
+def test_sampling_reproducible_and_inside_train(name):
+    fam = load_family(name)
+    a = fam.sample(2000, gen(1), dtype=torch.float64)
+    b = fam.sample(2000, gen(1), dtype=torch.float64)
+    c = fam.sample(2000, gen(2), dtype=torch.float64)
+    assert a.shape == (2000, fam.num_params) and a.dtype == torch.float64
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert bool(fam.in_train_range(a).all())
+    fam.validate(a)  # train draws are physical
+    assert fam.sample(3, gen(0)).dtype == torch.float32
+
+
+def test_log_uniform_median():
+    fam = load_family("cartpole-mass")
+    x = fam.sample(20000, gen(0), dtype=torch.float64)[:, 0]
+    mid = 0.5 * (math.log(0.05) + math.log(0.5))
+    assert float(torch.log(x).median()) == pytest.approx(mid, abs=0.05)
+    # uniform would put the median at 0.275, far above exp(mid) ~ 0.158
+    assert float(x.median()) < 0.2
+
+
+def test_uniform_mean():
+    fam = load_family("cartpole-mass-length")
+    x = fam.sample(20000, gen(0), dtype=torch.float64)[:, 1]  # length uniform 0.25-0.75
+    assert float(x.mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_union_of_intervals_mass_proportional_to_length():
+    fam = load_family("cartpole-actuator")  # [-15,-5] u [5,15], equal lengths
+    x = fam.sample(20000, gen(0), dtype=torch.float64)[:, 0]
+    frac_neg = float((x < 0).double().mean())
+    assert frac_neg == pytest.approx(0.5, abs=0.02)
+    assert bool(((x.abs() >= 5) & (x.abs() <= 15)).all())
+
+    raw = raw_builtin("cartpole-mass")
+    raw["params"]["masspole"]["train"] = {"dist": "uniform", "ranges": [[0.1, 0.2], [0.5, 0.8]]}
+    raw["heldout"] = {"interpolation": {"values": [0.15, 0.6]}, "extrapolation": {"values": [0.3, 1.0]}}
+    fam = family_from_dict(raw)
+    x = fam.sample(20000, gen(3), dtype=torch.float64)[:, 0]
+    assert float((x <= 0.2).double().mean()) == pytest.approx(0.25, abs=0.02)
+    assert not bool(((x > 0.2) & (x < 0.5)).any())
+
+
+# --------------------------------------------------------------------------------------
+# Context
+# --------------------------------------------------------------------------------------
+def test_context_train_ends_map_to_unit_interval():
+    fam = load_family("cartpole-mass")  # log context over [0.05, 0.5]
+    c = fam.context(torch.tensor([[0.05], [0.5], [math.sqrt(0.05 * 0.5)]], dtype=torch.float64))
+    assert c.shape == (3, 1)
+    assert torch.allclose(c[:, 0], torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64), atol=1e-9)
+
+    fam = load_family("pendulum-mass-length")
+    c = fam.context(torch.tensor([[0.5, 0.5], [1.5, 1.5], [1.0, 1.0]]))
+    assert torch.allclose(c[0], torch.tensor([-1.0, -1.0]), atol=1e-6)
+    assert torch.allclose(c[1], torch.tensor([1.0, 1.0]), atol=1e-6)
+    assert c[2, 1].item() == pytest.approx(0.0, abs=1e-6)  # linear l: middle -> 0
+    assert c[2, 0].item() > 0.0  # log m: 1.0 is above the log-middle sqrt(0.75)
+    assert fam.context_dim == 2
+
+
+def test_context_signed_gives_sign_and_magnitude():
+    fam = load_family("cartpole-actuator")
+    assert fam.context_dim == 2
+    c = fam.context(torch.tensor([[-5.0], [15.0], [-15.0], [5.0], [10.0]]))
+    assert c.shape == (5, 2)
+    assert c[:, 0].tolist() == [-1.0, 1.0, -1.0, 1.0, 1.0]
+    assert torch.allclose(c[:4, 1], torch.tensor([-1.0, 1.0, 1.0, -1.0]), atol=1e-6)
+    # same magnitude, opposite sign: same magnitude feature
+    c2 = fam.context(torch.tensor([[-10.0]]))
+    assert c2[0, 0] == -1.0 and c2[0, 1] == pytest.approx(c[4, 1].item())
+
+
+@pytest.mark.parametrize("name", ["cartpole-actuator", "cartpole-mass-length", "acrobot-links"])
+def test_context_any_leading_shape(name):
+    fam = load_family(name)
+    v = fam.sample(24, gen(0))
+    flat = fam.context(v)
+    assert flat.shape == (24, fam.context_dim) and flat.dtype == torch.float32
+    shaped = fam.context(v.reshape(2, 3, 4, fam.num_params))
+    assert shaped.shape == (2, 3, 4, fam.context_dim)
+    assert torch.equal(shaped.reshape(24, -1), flat)
+    single = fam.context(v[5])
+    assert single.shape == (fam.context_dim,) and torch.equal(single, flat[5])
+    assert fam.context(v.double()).dtype == torch.float64
+    assert bool((flat.abs() <= 1.0 + 1e-5).all())  # train draws stay inside [-1, 1]
+
+
+# --------------------------------------------------------------------------------------
+# Held-out sets, split_of, grid
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BUILTINS)
+def test_heldout_sets(name):
+    fam = load_family(name)
+    interp = fam.heldout_values("interpolation")
+    extra = fam.heldout_values("extrapolation")
+    assert interp.dtype == extra.dtype == torch.float64
+    assert interp.shape[1] == extra.shape[1] == fam.num_params
+    assert len(interp) >= 1 and len(extra) >= 1
+    assert bool(fam.in_train_range(interp).all())
+    assert not bool(fam.in_train_range(extra).any())
+    fam.validate(interp)
+    fam.validate(extra)
+    assert fam.split_of(interp) == ["interpolation"] * len(interp)
+    assert fam.split_of(extra) == ["extrapolation"] * len(extra)
+    # a copy: editing it leaves the family alone
+    interp[0, 0] = -1.0
+    assert fam.heldout_values("interpolation")[0, 0] != -1.0
+    with pytest.raises(FamilyError, match="unknown split"):
+        fam.heldout_values("test")
+
+
+def test_cartpole_mass_heldout_counts():
+    fam = load_family("cartpole-mass")
+    assert len(fam.heldout_values("interpolation")) >= 8
+    assert len(fam.heldout_values("extrapolation")) >= 8
+    extra = fam.heldout_values("extrapolation")[:, 0]
+    assert bool((extra < 0.05).any()) and bool((extra > 0.5).any())  # both sides
+
+
+@pytest.mark.parametrize("name", ["cartpole-mass-length", "pendulum-mass-length"])
+def test_extrapolation_grids_include_corners(name):
+    fam = load_family(name)
+    extra = fam.heldout_values("extrapolation")
+    lo, hi = extra.min(0).values, extra.max(0).values
+    rows = {tuple(r) for r in extra.tolist()}
+    for corner in itertools.product(*zip(lo.tolist(), hi.tolist())):
+        assert corner in rows
+    # and the interpolation grid keeps every grid point (all inside)
+    assert len(fam.heldout_values("interpolation")) == 16
+
+
+def test_split_of_mixed_points():
+    fam = load_family("cartpole-mass-length")
+    pts = torch.tensor([[0.1, 0.5], [0.7, 0.5], [0.1, 0.9], [0.5, 0.75], [0.05, 0.25]])
+    assert fam.split_of(pts) == ["interpolation", "extrapolation", "extrapolation",
+                                 "interpolation", "interpolation"]
+    fam = load_family("cartpole-actuator")
+    assert fam.split_of(torch.tensor([[-10.0], [0.7], [10.0], [-20.0]])) == [
+        "interpolation", "extrapolation", "interpolation", "extrapolation"]
+
+
+def test_grid():
+    fam = load_family("cartpole-mass")  # log-spaced over the bounds
+    g = fam.grid(5)
+    assert g.shape == (5, 1) and g.dtype == torch.float64
+    fam.validate(g)  # the log-spaced ends stay inside the bounds (no 0.00499... rounding)
+    assert g[0, 0].item() == pytest.approx(0.005) and g[-1, 0].item() == pytest.approx(2.0)
+    ratios = g[1:, 0] / g[:-1, 0]
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios))
+
+    fam = load_family("cartpole-mass-length")
+    g = fam.grid(3)
+    assert g.shape == (9, 2)
+    assert sorted(set(g[:, 1].tolist())) == pytest.approx([0.02, 1.01, 2.0])  # linear length
+    fam.validate(g)
+
+    fam = load_family("cartpole-actuator")  # signed: both signs
+    g = fam.grid(4)
+    assert g.shape == (8, 1)
+    assert (g < 0).sum() == 4 and (g > 0).sum() == 4
+    assert torch.equal(g[:4].flip(0), -g[4:])
+    fam.validate(g)
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_grid_points_are_physical(name):
+    fam = load_family(name)
+    g = fam.grid(3)
+    per_axis = [6 if p.signed else 3 for p in fam.params]
+    assert g.shape == (math.prod(per_axis), fam.num_params)
+    fam.validate(g)
+
+
+def test_family_from_dict_copy_is_independent():
+    raw = raw_builtin("acrobot-links")
+    before = copy.deepcopy(raw)
+    fam = family_from_dict(raw, source="mem")
+    assert raw == before and fam.source == "mem"
+    assert fam.derived == {"LINK_COM_POS_1": "0.5 * LINK_LENGTH_1"}
