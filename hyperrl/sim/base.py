@@ -15,6 +15,7 @@ import abc
 from typing import Mapping, NamedTuple, Sequence
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from hyperrl.errors import FamilyError
@@ -123,18 +124,49 @@ class BatchedSim(VecEnv):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step for all envs -> (next_state [N, S], reward [N], terminated [N] bool)."""
 
+    @classmethod
+    def gymnasium_reset_state(cls, rng: np.random.Generator) -> np.ndarray:
+        """[STATE_DIM] float64: the state the Gymnasium env's ``reset`` draws from its
+        ``np_random`` (subclasses mirror Gymnasium's reset call exactly)."""
+        raise NotImplementedError(f"{cls.__name__} does not mirror Gymnasium's reset")
+
+    @classmethod
+    def gymnasium_initial_states(cls, seed: int, n: int) -> torch.Tensor:
+        """[n, STATE_DIM] float64: env ``i``'s state after Gymnasium's ``reset(seed=seed + i)``,
+        i.e. what ``gymnasium.vector``'s ``reset(seed=seed)`` gives its sub-envs (and
+        :class:`hyperrl.sim.generic.GymnasiumVecEnv`)."""
+        from gymnasium.utils import seeding
+
+        rows = [cls.gymnasium_reset_state(seeding.np_random(int(seed) + i)[0]) for i in range(int(n))]
+        out = np.stack(rows).astype(np.float64) if rows else np.zeros((0, cls.STATE_DIM))
+        return torch.from_numpy(out)
+
     # ---- shared -----------------------------------------------------------------------
     def attr(self, name: str, params: torch.Tensor) -> torch.Tensor | float:
         j = self._col.get(name)
         return params[:, j] if j is not None else self.constants[name]
 
-    def reset(self, params: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
+    def reset(
+        self,
+        params: torch.Tensor | None = None,
+        seed: int | None = None,
+        initial_state: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Reset every env; ``initial_state`` ``[N, STATE_DIM]`` starts the episodes there
+        instead of drawing (e.g. :meth:`gymnasium_initial_states`, to replay Gymnasium's
+        first episodes exactly). Later autoresets draw with ``self.generator`` as usual."""
         if seed is not None:
             self.generator.manual_seed(seed)
         if params is not None:
             self.params = params.to(device=self.device, dtype=self.dtype).reshape(self.num_envs, -1).clone()
             self.next_params = self.params.clone()
-        self.state = self.initial_state(self.num_envs)
+        if initial_state is not None:
+            want = (self.num_envs, self.STATE_DIM)
+            if tuple(initial_state.shape) != want:
+                raise ValueError(f"initial_state must have shape {list(want)}, got {tuple(initial_state.shape)}")
+            self.state = initial_state.to(device=self.device, dtype=self.dtype).clone()
+        else:
+            self.state = self.initial_state(self.num_envs)
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         return self.observe(self.state)
 

@@ -83,6 +83,11 @@ class BatchedCartPole(BatchedSim):
         out = torch.empty(n, self.STATE_DIM, dtype=self.dtype, device=self.device)
         return out.uniform_(self.reset_low, self.reset_high, generator=self.generator)
 
+    @classmethod
+    def gymnasium_reset_state(cls, rng: np.random.Generator) -> np.ndarray:
+        # CartPoleEnv.reset: self.np_random.uniform(low=-0.05, high=0.05, size=(4,))
+        return rng.uniform(low=cls.reset_low, high=cls.reset_high, size=(4,))
+
     def observe(self, state: torch.Tensor) -> torch.Tensor:
         return state
 

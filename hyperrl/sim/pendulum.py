@@ -70,6 +70,13 @@ class BatchedPendulum(BatchedSim):
             out[:, j].uniform_(-h, h, generator=self.generator)
         return out
 
+    @classmethod
+    def gymnasium_reset_state(cls, rng: np.random.Generator) -> np.ndarray:
+        # PendulumEnv.reset: high = np.array([DEFAULT_X, DEFAULT_Y]) (pi, 1.0);
+        # self.np_random.uniform(low=-high, high=high)
+        high = np.array(cls.reset_high)
+        return rng.uniform(low=-high, high=high)
+
     def observe(self, state: torch.Tensor) -> torch.Tensor:
         th = state[:, 0]
         obs = torch.empty(state.shape[0], 3, dtype=state.dtype, device=state.device)

@@ -1,0 +1,171 @@
+"""Training targets of issue #3, measured (not timed tests).
+
+    python benchmarks/bench_train.py                     # everything below
+    python benchmarks/bench_train.py --part throughput   # steps/s, N=1024, vs SB3 PPO CartPole-v1
+    python benchmarks/bench_train.py --part cartpole-mass --seeds 3
+    python benchmarks/bench_train.py --part cartpole-actuator
+    python benchmarks/bench_train.py --part pendulum
+
+* throughput: hyperrl training (rollout + update) env steps/s with N = 1,024 variants,
+  beside SB3 PPO (MlpPolicy, defaults, one CartPole-v1 env) on the same machine, same run.
+* cartpole-mass: per seed, the whole ``python -m hyperrl.train`` process with the default
+  config stopping at 475 on both held-out splits: time to target (from the start of
+  training) and the whole process's wall-clock; then SB3 PPO 'concat' (context appended
+  to the observation, rl-zoo CartPole hyperparameters) trained on the same family: its time
+  to the same score on the same variants, or its score at the end of its budget.
+* cartpole-actuator: the default config vs the context-blind ablation (model.context=none).
+* pendulum: held-out mean return of the default config.
+Figures are printed as Markdown tables; paste them into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_train(family: str, seed: int, extra: list[str], timeout: float = 900) -> dict:
+    """The real CLI in a subprocess; returns metrics.json plus the process wall-clock."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "hyperrl.train", "--env-family", family, "--seed", str(seed),
+               "--run-dir", str(run_dir), "--set", "progress=false", *extra]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["process_wall_s"] = wall
+    return metrics
+
+
+def sb3_cartpole_steps_per_second(steps: int = 8192) -> float:
+    """SB3 PPO, MlpPolicy, defaults, one CartPole-v1 env: env steps/s of learn()."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    model = PPO("MlpPolicy", gym.make("CartPole-v1"), seed=0, device="cpu", verbose=0)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return model.num_timesteps / (time.perf_counter() - t0)
+
+
+def part_throughput(args: argparse.Namespace) -> None:
+    print("\n## Training throughput (rollout + update), cartpole-mass, N = 1,024 variants\n")
+    # 12 updates of 1,024 x 32 steps, evaluation only at the end (excluded from steps/s).
+    m = run_train("cartpole-mass", 1, ["--total-steps", str(12 * 1024 * 32), "--set", "eval.interval_steps=100000000",
+                                       "--set", "env.num_envs=1024"])
+    ours = m["steps_per_second"]
+    sb3 = sb3_cartpole_steps_per_second()
+    print("| trainer | env steps/s | ratio |\n|---|---:|---:|")
+    print(f"| hyperrl PPO, hypernetwork, N=1,024 variants ({m['device']}) | {ours:,.0f} | {ours / sb3:.0f}x |")
+    print(f"| SB3 PPO MlpPolicy, CartPole-v1, 1 env, defaults | {sb3:,.0f} | 1x |")
+
+
+def part_cartpole_mass(args: argparse.Namespace) -> None:
+    from hyperrl.families import load_family
+    from hyperrl.sb3 import make_sb3_ppo, train_sb3_until
+
+    print(f"\n## cartpole-mass: time to mean zero-shot return >= 475 on both held-out splits ({args.seeds} seeds)\n")
+    rows = []
+    for seed in range(1, args.seeds + 1):
+        m = run_train("cartpole-mass", seed, ["--set", "stop_at_return=475"])
+        rows.append(m)
+        print(f"seed {seed}: time to target {m['time_to_target_s']}, steps {m['steps_to_target']}, "
+              f"process {m['process_wall_s']:.1f} s, interp {m['eval_interpolation_return']:.1f}, "
+              f"extrap {m['eval_extrapolation_return']:.1f}", flush=True)
+    fam = load_family("cartpole-mass")
+    sb3_rows = []
+    for seed in range(1, args.sb3_seeds + 1):
+        model = make_sb3_ppo(fam, "concat", seed)
+        r = train_sb3_until(model, fam, "concat", 475.0, max_steps=args.sb3_steps, eval_every=10_000, seed=seed)
+        sb3_rows.append(r)
+        f = r["final"]
+        print(f"SB3 concat seed {seed}: reached={r['reached']} time {r['time_to_target_s']} steps "
+              f"{r['steps_to_target']}; final interp {f['interpolation']:.1f} extrap {f['extrapolation']:.1f} "
+              f"after {r['steps']:,} steps, {r['wall_s']:.0f} s", flush=True)
+
+    def fmt(x: float | None) -> str:
+        return "not reached" if x is None else f"{x:.1f} s"
+
+    ttt = [m["time_to_target_s"] for m in rows]
+    reached = [t for t in ttt if t is not None]
+    print("\n| method | seed | time to 475 (both splits) | env steps | whole process | final interp / extrap |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for seed, m in enumerate(rows, 1):
+        print(f"| hyperrl (default config) | {seed} | {fmt(m['time_to_target_s'])} | {m['steps_to_target'] or '-'} | "
+              f"{m['process_wall_s']:.1f} s | {m['eval_interpolation_return']:.0f} / {m['eval_extrapolation_return']:.0f} |")
+    for seed, r in enumerate(sb3_rows, 1):
+        f = r["final"]
+        print(f"| SB3 PPO concat (zoo hyperparameters) | {seed} | {fmt(r['time_to_target_s'])} | "
+              f"{r['steps_to_target'] or '-'} | {r['wall_s']:.1f} s | {f['interpolation']:.0f} / {f['extrapolation']:.0f} |")
+    if len(reached) == len(ttt):
+        med = statistics.median(ttt)
+        print(f"\nhyperrl median time to target {med:.1f} s, max {max(ttt):.1f} s; "
+              f"median whole process {statistics.median(m['process_wall_s'] for m in rows):.1f} s")
+        sb3_t = [r["time_to_target_s"] for r in sb3_rows if r["time_to_target_s"] is not None]
+        if len(sb3_t) == len(sb3_rows) and sb3_t:
+            print(f"SB3 concat median time to target {statistics.median(sb3_t):.1f} s: "
+                  f"ratio {statistics.median(sb3_t) / med:.1f}x")
+        else:
+            print(f"SB3 concat did not reach 475 on both splits within {args.sb3_steps:,} steps in every seed")
+    else:
+        print(f"\nhyperrl did not reach the target in {len(ttt) - len(reached)} of {len(ttt)} seeds")
+
+
+def part_actuator(args: argparse.Namespace) -> None:
+    print("\n## cartpole-actuator: hypernetwork vs context-blind ablation (held-out mean return)\n")
+    print("| method | seed | interpolation | extrapolation | env steps | wall-clock |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, extra in [("hyperrl (default config)", []), ("context-blind (model.context=none)", ["--set", "model.context=none"])]:
+        for seed in range(1, args.seeds + 1):
+            m = run_train("cartpole-actuator", seed, extra)
+            print(f"| {label} | {seed} | {m['eval_interpolation_return']:.1f} | {m['eval_extrapolation_return']:.1f} | "
+                  f"{m['env_steps']:,} | {m['process_wall_s']:.0f} s |", flush=True)
+
+
+def part_pendulum(args: argparse.Namespace) -> None:
+    print("\n## pendulum-mass-length: held-out mean return (default config)\n")
+    print("| seed | interpolation | extrapolation | env steps | wall-clock |\n|---:|---:|---:|---:|---:|")
+    for seed in range(1, args.seeds + 1):
+        m = run_train("pendulum-mass-length", seed, [], timeout=3600)
+        print(f"| {seed} | {m['eval_interpolation_return']:.1f} | {m['eval_extrapolation_return']:.1f} | "
+              f"{m['env_steps']:,} | {m['process_wall_s']:.0f} s |", flush=True)
+
+
+PARTS = {"throughput": part_throughput, "cartpole-mass": part_cartpole_mass,
+         "cartpole-actuator": part_actuator, "pendulum": part_pendulum}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=[*PARTS, "all"], default="all")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--sb3-seeds", type=int, default=1, help="seeds of the SB3 concat reference")
+    p.add_argument("--sb3-steps", type=int, default=300_000, help="env-step budget of the SB3 reference")
+    args = p.parse_args()
+    os.chdir(ROOT)
+    import platform
+
+    import torch
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    for name, fn in PARTS.items():
+        if args.part in (name, "all"):
+            fn(args)
+
+
+if __name__ == "__main__":
+    main()
