@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_family", "list_families", "make_vec_env"]
+__all__ = ["__version__", "load", "load_family", "list_families", "make_vec_env"]
 
 
 def __getattr__(name: str):  # lazy: `import hyperrl` stays cheap for CLIs
@@ -13,6 +13,10 @@ def __getattr__(name: str):  # lazy: `import hyperrl` stays cheap for CLIs
         from hyperrl import families
 
         return getattr(families, name)
+    if name == "load":
+        from hyperrl.api import load
+
+        return load
     if name == "make_vec_env":
         from hyperrl.sim import make_vec_env
 

@@ -154,6 +154,13 @@ class HyperAgent(nn.Module):
             nn.init.zeros_(out.bias)
             self.critic = nn.Sequential(*layers, out)
 
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """The hypernetwork (and a learned log-std)."""
+        return list(self.actor.parameters()) + ([self.log_std] if self.log_std is not None else [])
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return list((self.critic if self.critic is not None else self.critic_hyper).parameters())
+
     # ---- policy -------------------------------------------------------------------
     def condition(self, context: torch.Tensor) -> torch.Tensor:
         """The context the networks see: zeroed for the context-blind ablation."""

@@ -38,6 +38,8 @@ class LoadedRun(Protocol):
     method: str
     family: Family
     info: dict[str, Any]  # metrics.json (env_steps, wall_clock_s, ...)
+    # Optional attribute ``variants`` ([K, P] tensor): the only values a per-variant method
+    # (the oracle) can act on; absent or None for methods that generalise.
 
     def actor_factory(self, deterministic: bool = True, seed: int = 0,
                       device: torch.device | str = "cpu") -> ActorFactory:

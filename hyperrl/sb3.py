@@ -28,18 +28,28 @@ ZOO_HYPERPARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def sb3_actor(model: Any, append_context: bool) -> ActorFactory:
-    """Actor factory for an SB3 model (deterministic actions) on any VecEnv backend."""
+def sb3_actor(model: Any, append_context: bool, deterministic: bool = True, seed: int = 0) -> ActorFactory:
+    """Actor factory for an SB3 model on any VecEnv backend.
+
+    Continuous actions are clipped and stay float32, as Gymnasium receives them. Stochastic
+    actions are sampled with torch's RNG re-seeded from (seed, call number) inside
+    ``fork_rng``: reproducible, and the global RNG is left alone.
+    """
 
     def factory(context: torch.Tensor, values: torch.Tensor | None = None) -> Actor:
+        calls = [0]
+
         def policy(obs: torch.Tensor) -> torch.Tensor:
             x = torch.cat([obs, context.to(obs.dtype)], -1) if append_context else obs
-            with torch.no_grad():
-                action = model.policy._predict(x.to(model.device, torch.float32), deterministic=True)
+            dev = torch.device(model.device)
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+                torch.manual_seed(seed * 1_000_003 + calls[0])
+                action = model.policy._predict(x.to(dev, torch.float32), deterministic=deterministic)
+            calls[0] += 1
             if action.dtype.is_floating_point:
                 low = torch.as_tensor(model.action_space.low, device=action.device)
                 high = torch.as_tensor(model.action_space.high, device=action.device)
-                action = torch.max(torch.min(action, high), low).to(obs.dtype)
+                action = torch.max(torch.min(action, high), low)
             return action.to(obs.device)
 
         return policy
@@ -54,19 +64,24 @@ def _schedule(v: Any) -> Any:
     return v
 
 
-def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu", **overrides: Any):
-    """SB3 PPO with the zoo hyperparameters for the family's env id, on FamilyEnvs that
-    draw a new variant every episode; ``method`` is 'dr' or 'concat'."""
+def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu",
+                 values: torch.Tensor | None = None, **overrides: Any):
+    """SB3 PPO with the zoo hyperparameters for the family's env id. ``dr``/``concat``:
+    FamilyEnvs that draw a new variant every episode (``concat`` appends the context);
+    ``oracle``: FamilyEnvs fixed to ``values``."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    if method not in ("dr", "concat"):
-        raise ValueError(f"method must be 'dr' or 'concat', got {method!r}")
+    if method not in ("dr", "concat", "oracle"):
+        raise ValueError(f"method must be 'dr', 'concat' or 'oracle', got {method!r}")
+    if (method == "oracle") != (values is not None):
+        raise ValueError("values are required for 'oracle' and only for it")
     hp = dict(ZOO_HYPERPARAMS.get(family.env_id, {}))
     hp.update(overrides)
     n_envs = hp.pop("n_envs", 1)
     venv = make_vec_env(
-        lambda rank=0: FamilyEnv(family, append_context=(method == "concat"), seed=seed * 1000 + rank),
+        lambda rank=0: FamilyEnv(family, values=values, append_context=(method == "concat"),
+                                 seed=seed * 1000 + rank),
         n_envs=n_envs, seed=seed)
     hp = {k: _schedule(v) for k, v in hp.items()}
     return PPO("MlpPolicy", venv, seed=seed, device=device, verbose=0, **hp)

@@ -63,7 +63,9 @@ class PPOConfig:
     clip_vloss: bool = opt(True, "clip the value loss like the policy ratio")
     ent_coef: float = opt(0.0, "entropy bonus coefficient", min=0.0)
     vf_coef: float = opt(0.5, "value loss coefficient", min=0.0)
-    max_grad_norm: float = opt(0.5, "global gradient-norm clip", min=0.0)
+    max_grad_norm: float = opt(0.5, "gradient-norm clip", min=0.0)
+    clip_separately: bool = opt(True, "clip the actor's and the critic's gradient norms separately "
+                                "(a large value-loss gradient then cannot shrink the policy's step)")
     target_kl: Optional[float] = opt(None, "stop an update's epochs early once approx-KL exceeds this")
     norm_adv: bool = opt(True, "normalise advantages per minibatch")
     adam_eps: float = opt(1e-5, "Adam epsilon", min=0.0)

@@ -63,6 +63,7 @@ class BatchedPendulum(BatchedSim):
             (self._col.get(k), None if k in self._col else scalar(self.constants[k])) for k in self.DEFAULTS
         ]
         self._three = scalar(3.0)
+        self._milli32 = torch.tensor(0.001, dtype=torch.float32, device=self.device)
 
     def initial_state(self, n: int) -> torch.Tensor:
         out = torch.empty(n, self.STATE_DIM, dtype=self.dtype, device=self.device)
@@ -90,17 +91,29 @@ class BatchedPendulum(BatchedSim):
         cols = params.unbind(-1) if self._col else ()
         g, m, l, max_torque, max_speed, dt = (cols[j] if j is not None else c for j, c in self._slots)
         th, thdot = state[:, 0], state[:, 1]
-        u = action.reshape(state.shape[0]).to(self.dtype)
-        u = torch.clamp(u, -max_torque, max_torque)  # np.clip(u, -max_torque, max_torque)[0]
+        if action.dtype == torch.float32 and self.dtype == torch.float64:
+            # Gymnasium receives float32 actions (its action space's dtype), and NumPy 2's
+            # promotion rules (NEP 50) then compute the action's terms in float32:
+            # np.clip -> np.float32 u, 0.001 * (u**2) and 3.0 / (m * l**2) * u. Round the
+            # same way, so a float64 sim replays Gymnasium exactly for a float32 policy.
+            f32 = torch.float32
+            mt = max_torque.to(f32)
+            u32 = torch.clamp(action.reshape(state.shape[0]), -mt, mt)
+            u_cost = (u32 * u32).mul_(self._milli32).to(self.dtype)
+            torque_term = (torch.div(self._three, m * (l * l)).to(f32) * u32).to(self.dtype)
+        else:
+            u = action.reshape(state.shape[0]).to(self.dtype)
+            u = torch.clamp(u, -max_torque, max_torque)  # np.clip(u, -max_torque, max_torque)[0]
+            u_cost = (u * u).mul_(0.001)
+            torque_term = u * torch.div(self._three, m * (l * l))
 
         # Gymnasium's expressions evaluated in the same order, so float64 agrees to the bit
         # (up to sin and Python's l**2 being pow(), which can differ from l*l in the last bit).
         # costs = angle_normalize(th) ** 2 + 0.1 * thdot**2 + 0.001 * (u**2)
         ang = torch.remainder(th + math.pi, 2 * math.pi).sub_(math.pi)
-        costs = (ang * ang).add_((thdot * thdot).mul_(0.1)).add_((u * u).mul_(0.001))
+        costs = (ang * ang).add_((thdot * thdot).mul_(0.1)).add_(u_cost)
         # newthdot = thdot + (3 * g / (2 * l) * sin(th) + 3.0 / (m * l**2) * u) * dt
         gravity_term = torch.sin(th).mul_(torch.div(g * 3, l * 2))
-        torque_term = u * torch.div(self._three, m * (l * l))
         newthdot = thdot + gravity_term.add_(torque_term).mul_(dt)
         newthdot = torch.clamp(newthdot, -max_speed, max_speed)
         new_state = torch.empty_like(state)

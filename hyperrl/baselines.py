@@ -1,0 +1,561 @@
+"""Stable-baselines3 baselines on a family, written as run dirs that :func:`hyperrl.load` reads.
+
+    python -m hyperrl.baselines --env-family cartpole-mass --method dr|concat|oracle
+        [--total-steps N] [--seed N] [--run-dir DIR] [--device cpu|auto|cuda]
+        [--oracle-split extrapolation|interpolation|all] [--oracle-max-variants K]
+        [--eval-episodes E] [--eval-interval-steps S] [--threads T] [--set KEY=VALUE ...]
+
+Every method is SB3 PPO (``MlpPolicy``) with rl-baselines3-zoo's tuned hyperparameters for
+the family's env id (:data:`hyperrl.sb3.ZOO_HYPERPARAMS`; SB3's defaults for an env id the
+zoo table lacks), on real Gymnasium envs (:class:`hyperrl.wrappers.FamilyEnv`):
+
+* ``dr`` (domain randomisation): one policy; the parameters are re-drawn from the train
+  distribution every episode; the policy never sees them.
+* ``concat``: the same, with the family's context vector (the one the hypernetwork is
+  conditioned on) appended to the observation.
+* ``oracle``: one separate policy per held-out variant, trained on that variant alone
+  (fixed values), each with the full ``--total-steps`` budget: the budget is **per
+  variant**, so the run's ``env_steps`` is K times it. Variants: the ``--oracle-split``
+  held-out set (default ``extrapolation``: the adaptation comparison scores against
+  per-variant oracles there), or an evenly spaced subset of ``--oracle-max-variants K``
+  of it (indices ``round(linspace(0, M-1, K))`` in the family YAML's order; recorded in
+  ``run.json`` and ``metrics.json``).
+
+SB3 finishes its last rollout, so ``env_steps`` may exceed ``--total-steps`` by less than one
+rollout (``n_envs * n_steps``). The run dir (default ``runs/<family>/<method>-<timestamp>-s<seed>``;
+an existing non-empty dir is refused) holds ``run.json`` (method, family, seed, total_steps,
+hyperparameters; oracle: the variants and their model files), ``family.yaml``, ``model.zip``
+(oracle: ``models/<i>.zip``), ``metrics.json`` (``env_steps``, ``wall_clock_s``, the final
+zero-shot held-out returns ``eval_interpolation_return``/``eval_extrapolation_return`` and
+per variant ``heldout``; oracle: only the variants it has, the other split is ``null``),
+TensorBoard scalars ``eval/<split>/return_mean`` in the run dir and SB3's own logs under
+``sb3/``. The held-out evaluation is :func:`hyperrl.evaluation.evaluate_values`, the code
+that scores the hypernetwork (batched simulator, deterministic actions). Training runs on
+``--threads 1`` by default: SB3's small MLPs are fastest single-threaded (5x faster than two
+threads on a busy 2-core machine).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from hyperrl import __version__
+from hyperrl.api import Values, register_loader
+from hyperrl.cli import main_guard, make_parser, parse_device
+from hyperrl.errors import HyperrlError
+from hyperrl.evaluation import Actor, ActorFactory, evaluate_values
+from hyperrl.families import SPLITS, Family, load_family
+
+__all__ = [
+    "METHODS",
+    "ORACLE_SPLITS",
+    "BaselineRun",
+    "load_baseline",
+    "select_variants",
+    "make_ppo",
+    "model_actor",
+    "main",
+]
+
+METHODS = ("dr", "concat", "oracle")
+ORACLE_SPLITS = ("extrapolation", "interpolation", "all")
+DEFAULT_TOTAL_STEPS = 100_000
+EVAL_SEED = 10_000  # same base seed as hyperrl.train's held-out evaluations
+MATCH_RTOL = 1e-9  # an oracle model serves values equal to its variant's within this relative tolerance
+
+
+# --------------------------------------------------------------------------------------
+# Hyperparameters and model construction
+# --------------------------------------------------------------------------------------
+def _hp_text(v: Any) -> Any:
+    """JSON-friendly hyperparameter: the zoo's ('lin', x) schedule as 'lin_x'."""
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == "lin":
+        return f"lin_{v[1]}"
+    return v
+
+
+def _parse_hp_value(text: str) -> Any:
+    import yaml
+
+    try:
+        v = yaml.safe_load(text)
+    except yaml.YAMLError:
+        v = text
+    if isinstance(v, str) and v.startswith("lin_"):
+        try:
+            return ("lin", float(v[4:]))
+        except ValueError:
+            raise HyperrlError(f"bad schedule {v!r}; expected lin_<number>, e.g. lin_0.001") from None
+    return v
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> PPO keyword overrides (values parsed as YAML; ``lin_X`` is a
+    linear schedule from X), checked against ``stable_baselines3.PPO``'s arguments."""
+    from stable_baselines3 import PPO
+
+    allowed = set(inspect.signature(PPO.__init__).parameters) - {"self", "policy", "env", "seed", "device",
+                                                                 "tensorboard_log", "verbose", "_init_setup_model"}
+    allowed.add("n_envs")
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise HyperrlError(f"--set expects KEY=VALUE, got {item!r}")
+        if key not in allowed:
+            raise HyperrlError(f"--set {key}: not a PPO hyperparameter; allowed: {', '.join(sorted(allowed))}")
+        out[key] = _parse_hp_value(text)
+    if "n_envs" in out and (not isinstance(out["n_envs"], int) or out["n_envs"] < 1):
+        raise HyperrlError(f"--set n_envs must be a positive integer, got {out['n_envs']!r}")
+    return out
+
+
+def hyperparams(family: Family, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The zoo hyperparameters for the family's env id (``{}`` -> SB3 defaults), overridden."""
+    from hyperrl.sb3 import ZOO_HYPERPARAMS
+
+    hp = dict(ZOO_HYPERPARAMS.get(family.env_id, {}))
+    hp.update(overrides or {})
+    return hp
+
+
+def make_ppo(family: Family, method: str, seed: int, device: str = "cpu",
+             values: torch.Tensor | None = None, tensorboard_log: str | None = None,
+             overrides: dict[str, Any] | None = None):
+    """SB3 PPO for ``method``: 'dr'/'concat' via :func:`hyperrl.sb3.make_sb3_ppo` (variants
+    re-drawn every episode); 'oracle' on FamilyEnvs fixed to ``values``, same hyperparameters."""
+    from hyperrl.sb3 import make_sb3_ppo
+
+    if method not in ("dr", "concat", "oracle") or ((method == "oracle") != (values is not None)):
+        raise ValueError(f"make_ppo: method {method!r} (oracle needs values)")
+    return make_sb3_ppo(family, method, seed, device=device, values=values,
+                        tensorboard_log=tensorboard_log, **dict(overrides or {}))
+
+
+# --------------------------------------------------------------------------------------
+# Actors (for evaluate_values) and SB3-style policies
+# --------------------------------------------------------------------------------------
+def _on_device(model: Any, device: torch.device | str) -> Any:
+    dev = torch.device(device)
+    if torch.device(model.device) != dev:
+        model.policy.to(dev)
+        model.device = dev
+    return model
+
+
+def model_actor(model: Any, append_context: bool, deterministic: bool = True, seed: int = 0) -> ActorFactory:
+    """Actor factory for one SB3 model (see :func:`hyperrl.sb3.sb3_actor`)."""
+    from hyperrl.sb3 import sb3_actor
+
+    return sb3_actor(model, append_context, deterministic, seed)
+
+
+class ContextPolicy:
+    """An SB3 model trained with the context appended (``concat``), fixed to one variant:
+    ``predict`` takes the env's own observation and appends the variant's context."""
+
+    def __init__(self, model: Any, context: np.ndarray, observation_space: Any):
+        self.model = model
+        self.context = context
+        self.observation_space = observation_space
+        self.action_space = model.action_space
+
+    def predict(self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True):
+        obs = np.asarray(observation, dtype=np.float32)
+        ctx = np.broadcast_to(self.context.astype(np.float32), (*obs.shape[:-1], self.context.shape[-1]))
+        return self.model.predict(np.concatenate([obs, ctx], -1), state, episode_start, deterministic)
+
+
+def _fmt_values(family: Family, values: torch.Tensor) -> str:
+    return ", ".join(f"{n}={float(x):g}" for n, x in zip(family.param_names, values.reshape(-1).tolist()))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise HyperrlError(f"{path} ({what}) is corrupt: {e}") from None
+
+
+def _load_model(path: Path, device: torch.device | str) -> Any:
+    from stable_baselines3 import PPO
+
+    if not path.is_file():
+        raise HyperrlError(f"{path} is missing: the run did not finish (or the file was removed)")
+    try:
+        return PPO.load(str(path), device=str(device))
+    except Exception as e:  # zipfile, pickle, torch, KeyError...: all mean 'not a usable SB3 model'
+        raise HyperrlError(f"{path} is corrupt or not an SB3 PPO model: {type(e).__name__}: {e}") from None
+
+
+class BaselineRun:
+    """A ``dr``/``concat``/``oracle`` run dir, implementing :class:`hyperrl.api.LoadedRun`."""
+
+    def __init__(self, run_dir: str | Path, run_info: dict[str, Any] | None = None,
+                 device: torch.device | str = "cpu"):
+        from hyperrl.api import read_run_info
+
+        self.run_dir = Path(run_dir)
+        self.run_info = run_info if run_info is not None else read_run_info(self.run_dir)
+        self.method = str(self.run_info["method"])
+        if self.method not in METHODS:
+            raise HyperrlError(f"{self.run_dir}: method '{self.method}' is not a baseline ({', '.join(METHODS)})")
+        self.family = load_family(self.run_dir / "family.yaml")
+        metrics = self.run_dir / "metrics.json"
+        self.info: dict[str, Any] = _read_json(metrics, "metrics") if metrics.is_file() else {}
+        self.append_context = self.method == "concat"
+        if self.method == "oracle":
+            variants = self.run_info.get("variants")
+            if not isinstance(variants, list) or not variants:
+                raise HyperrlError(f"{self.run_dir / 'run.json'} is corrupt: an oracle run needs its 'variants'")
+            try:
+                self.variants = torch.stack([self.family.values_tensor(v["values"]) for v in variants])
+                files = [str(v["model"]) for v in variants]
+            except (KeyError, TypeError) as e:
+                raise HyperrlError(f"{self.run_dir / 'run.json'} is corrupt: bad 'variants' entry ({e})") from None
+            self.models = [_load_model(self.run_dir / f, device) for f in files]
+        else:
+            self.variants = None
+            self.models = [_load_model(self.run_dir / "model.zip", device)]
+        self.model = self.models[0]
+
+    # ---- oracle lookup -----------------------------------------------------------------
+    def _available(self) -> str:
+        return "; ".join(_fmt_values(self.family, v) for v in self.variants)
+
+    def model_index(self, values: torch.Tensor) -> list[int]:
+        """[B, P] -> the oracle model trained on exactly each row's values (relative tolerance
+        1e-9); HyperrlError naming the variants it has for any other."""
+        v = torch.as_tensor(values, dtype=torch.float64).reshape(-1, self.family.num_params).cpu()
+        close = torch.isclose(v[:, None, :], self.variants[None, :, :], rtol=MATCH_RTOL, atol=0.0).all(-1)
+        missing = ~close.any(1)
+        if bool(missing.any()):
+            bad = v[int(missing.nonzero()[0, 0])]
+            raise HyperrlError(f"oracle run {self.run_dir} has no model for ({_fmt_values(self.family, bad)}); "
+                               f"it has models for: {self._available()}")
+        return close.to(torch.int8).argmax(1).tolist()
+
+    # ---- LoadedRun -----------------------------------------------------------------------
+    def actor_factory(self, deterministic: bool = True, seed: int = 0,
+                      device: torch.device | str = "cpu") -> ActorFactory:
+        for m in self.models:
+            _on_device(m, device)
+        if self.method != "oracle":
+            return model_actor(self.model, self.append_context, deterministic, seed)
+        per_model = [model_actor(m, False, deterministic, seed + i) for i, m in enumerate(self.models)]
+
+        def factory(context: torch.Tensor, values: torch.Tensor | None = None) -> Actor:
+            if values is None:
+                raise HyperrlError("an oracle run needs each env's parameter values to pick its model")
+            idx = torch.tensor(self.model_index(values), dtype=torch.long)
+            groups = [(m, (idx == m).nonzero().flatten()) for m in sorted(set(idx.tolist()))]
+            actors = [(rows, per_model[m](context[rows.to(context.device)], values[rows.to(values.device)]))
+                      for m, rows in groups]
+
+            def policy(obs: torch.Tensor) -> torch.Tensor:
+                out = None
+                for rows, actor in actors:
+                    r = rows.to(obs.device)
+                    a = actor(obs[r])
+                    if out is None:
+                        out = torch.empty((obs.shape[0], *a.shape[1:]), dtype=a.dtype, device=a.device)
+                    out[r] = a
+                return out
+
+            return policy
+
+        return factory
+
+    def policy(self, values: Values, device: torch.device | str = "cpu") -> Any:
+        v = self.family.values_tensor(values)
+        if self.method == "oracle":
+            return _on_device(self.models[self.model_index(v)[0]], device)
+        model = _on_device(self.model, device)
+        if self.method == "dr":
+            return model
+        base = self.family.make_env(v)
+        try:
+            space = base.observation_space
+        finally:
+            base.close()
+        return ContextPolicy(model, self.family.context(v.reshape(1, -1))[0].numpy(), space)
+
+    def __repr__(self) -> str:
+        return f"BaselineRun({self.method}, family={self.family.name}, run_dir={self.run_dir})"
+
+
+def load_baseline(run_dir: Path, info: dict[str, Any], device: torch.device | str = "cpu", **_: Any) -> BaselineRun:
+    return BaselineRun(run_dir, info, device=device)
+
+
+for _m in METHODS:
+    register_loader(_m, load_baseline)
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+def select_variants(family: Family, split: str, max_variants: int | None) -> list[dict[str, Any]]:
+    """The oracle's held-out variants: ``split`` ('all': interpolation then extrapolation),
+    thinned to ``max_variants`` evenly spaced ones (indices round(linspace(0, M-1, K)))."""
+    if split not in ORACLE_SPLITS:
+        raise HyperrlError(f"--oracle-split must be one of {', '.join(ORACLE_SPLITS)}, got {split!r}")
+    rows = [{"split": s, "index": i, "values": v}
+            for s in (SPLITS if split == "all" else (split,))
+            for i, v in enumerate(family.heldout_values(s))]
+    if max_variants is not None:
+        if max_variants < 1:
+            raise HyperrlError(f"--oracle-max-variants must be at least 1, got {max_variants}")
+        if max_variants < len(rows):
+            keep = sorted(set(np.round(np.linspace(0, len(rows) - 1, max_variants)).astype(int).tolist()))
+            rows = [rows[i] for i in keep]
+    return rows
+
+
+def _new_run_dir(family: Family, method: str, seed: int, run_dir: str | None) -> Path:
+    if run_dir is not None:
+        path = Path(run_dir)
+        if path.exists() and not path.is_dir():
+            raise HyperrlError(f"run dir {path} exists and is not a folder")
+        if path.exists() and any(path.iterdir()):
+            raise HyperrlError(f"run dir {path} already exists and is not empty; pick another --run-dir")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HyperrlError(f"cannot create run dir {path}: {e.strerror}") from None
+        return path
+    base = Path("runs") / family.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = base / (f"{method}-{stamp}-s{seed}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise HyperrlError(f"could not create a fresh run dir under {base}")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _heldout_rows(family: Family, stats_by_split: dict[str, Any], labels: dict[str, list[int]] | None = None):
+    rows = []
+    for split, st in stats_by_split.items():
+        for j in range(st.values.shape[0]):
+            row = {"split": split, "values": family.as_dict(st.values[j]),
+                   "mean": float(st.mean[j]), "std": float(st.std[j])}
+            if labels is not None:
+                row["model"] = labels[split][j]
+            rows.append(row)
+    return rows
+
+
+def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_steps: int, device: str,
+                 overrides: dict[str, Any], eval_episodes: int, eval_interval: int) -> dict[str, Any]:
+    """dr / concat: one PPO policy across the family; periodic and final held-out evaluation."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hyperrl.sb3 import train_sb3_until
+
+    t0 = time.perf_counter()
+    model = make_ppo(family, method, seed, device, tensorboard_log=str(run_dir / "sb3"), overrides=overrides)
+    writer = SummaryWriter(str(run_dir))
+
+    def on_eval(row: dict[str, Any]) -> None:
+        for split in SPLITS:
+            writer.add_scalar(f"eval/{split}/return_mean", row[split], row["step"])
+        print(f"step {row['step']:>10,}  eval interpolation {row['interpolation']:8.1f}  "
+              f"extrapolation {row['extrapolation']:8.1f}", file=sys.stderr)
+
+    try:
+        result = train_sb3_until(model, family, method, None, max_steps=total_steps,
+                                 eval_every=eval_interval, episodes=eval_episodes, seed=seed, on_eval=on_eval)
+        # Per-variant detail of the final evaluation: the same seed as its last row, so the
+        # split means equal result["final"] (deterministic actions, seeded envs).
+        actor = model_actor(model, method == "concat")
+        final_seed = EVAL_SEED + len(result["history"]) - 1
+        stats = {s: evaluate_values(actor, family, family.heldout_values(s), eval_episodes, seed=final_seed)
+                 for s in SPLITS}
+        model.save(str(run_dir / "model.zip"))
+    finally:
+        writer.close()
+        model.get_env().close()
+    return {
+        "env_steps": int(model.num_timesteps),
+        "wall_clock_s": time.perf_counter() - t0,
+        "steps_per_second": result["steps_per_second"],
+        "eval_interpolation_return": float(stats["interpolation"].mean.mean()),
+        "eval_extrapolation_return": float(stats["extrapolation"].mean.mean()),
+        "eval_seed": final_seed,
+        "heldout": _heldout_rows(family, stats),
+        "history": result["history"],
+    }
+
+
+def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, device: str,
+                 overrides: dict[str, Any], eval_episodes: int, variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """oracle: one PPO policy per variant, each with ``total_steps``; then one evaluation of
+    every variant with its own model."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    t0 = time.perf_counter()
+    (run_dir / "models").mkdir(exist_ok=True)
+    steps, train_s = [], 0.0
+    for i, var in enumerate(variants):
+        tv = time.perf_counter()
+        model = make_ppo(family, "oracle", seed, device, values=var["values"],
+                         tensorboard_log=str(run_dir / "sb3"), overrides=overrides)
+        try:
+            model.learn(total_timesteps=total_steps, tb_log_name=f"variant-{i}")
+            model.save(str(run_dir / var["model"]))
+        finally:
+            model.get_env().close()
+        steps.append(int(model.num_timesteps))
+        train_s += time.perf_counter() - tv
+        print(f"oracle {i + 1}/{len(variants)} ({var['split']}: {_fmt_values(family, var['values'])}): "
+              f"{model.num_timesteps:,} steps in {time.perf_counter() - tv:.1f} s", file=sys.stderr)
+    # evaluate through the loader, exactly as any consumer will
+    run = BaselineRun(run_dir, json.loads((run_dir / "run.json").read_text()), device=device)
+    actor = run.actor_factory(deterministic=True, device=device)
+    stats, labels = {}, {}
+    for split in SPLITS:
+        mine = [(i, v) for i, v in enumerate(variants) if v["split"] == split]
+        if mine:
+            stats[split] = evaluate_values(actor, family, torch.stack([v["values"] for _, v in mine]),
+                                           eval_episodes, seed=EVAL_SEED)
+            labels[split] = [variants[i]["model"] for i, _ in mine]
+    writer = SummaryWriter(str(run_dir))
+    try:
+        for split, st in stats.items():
+            writer.add_scalar(f"eval/{split}/return_mean", float(st.mean.mean()), sum(steps))
+    finally:
+        writer.close()
+    rows = _heldout_rows(family, stats, labels)
+    by_model = {r["model"]: r for r in rows}
+    return {
+        "env_steps": sum(steps),
+        "env_steps_per_variant": steps,
+        "num_variants": len(variants),
+        "wall_clock_s": time.perf_counter() - t0,
+        "steps_per_second": sum(steps) / max(train_s, 1e-9),
+        "eval_interpolation_return": float(stats["interpolation"].mean.mean()) if "interpolation" in stats else None,
+        "eval_extrapolation_return": float(stats["extrapolation"].mean.mean()) if "extrapolation" in stats else None,
+        "eval_seed": EVAL_SEED,
+        "heldout": rows,
+        "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
+                      "values": family.as_dict(v["values"]), "env_steps": s,
+                      "eval_return": by_model[v["model"]]["mean"]} for v, s in zip(variants, steps)],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser(
+        "python -m hyperrl.baselines",
+        "Train a stable-baselines3 PPO baseline (rl-zoo hyperparameters) on an environment family.",
+        epilog="methods: dr = domain randomisation (no context); concat = context appended to the "
+               "observation; oracle = one policy per held-out variant, --total-steps EACH.")
+    parser.add_argument("--env-family", required=True, help="built-in family name (see envs/) or a family YAML")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--total-steps", type=int, default=DEFAULT_TOTAL_STEPS,
+                        help="env steps (oracle: per variant); SB3 rounds up to whole rollouts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", help="output folder (default: runs/<family>/<method>-<timestamp>-s<seed>)")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (SB3 MlpPolicy: cpu is fastest)")
+    parser.add_argument("--oracle-split", default="extrapolation", choices=ORACLE_SPLITS,
+                        help="held-out set the oracle trains one policy per variant of")
+    parser.add_argument("--oracle-max-variants", type=int, metavar="K",
+                        help="train K evenly spaced variants of the split (default: all of them)")
+    parser.add_argument("--eval-episodes", type=int, default=2, help="episodes per held-out variant")
+    parser.add_argument("--eval-interval-steps", type=int, default=131_072,
+                        help="held-out evaluation every this many steps (dr/concat; always at the end)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (0: torch's default); one is fastest for SB3's small MLPs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a PPO hyperparameter, e.g. --set n_steps=64 --set learning_rate=lin_3e-4")
+    args = parser.parse_args(argv)
+
+    family = load_family(args.env_family)
+    if args.total_steps < 1:
+        raise HyperrlError("--total-steps must be at least 1")
+    if args.eval_episodes < 1:
+        raise HyperrlError("--eval-episodes must be at least 1")
+    if args.eval_interval_steps < 1:
+        raise HyperrlError("--eval-interval-steps must be at least 1")
+    if args.threads < 0:
+        raise HyperrlError("--threads must be >= 0")
+    if args.method != "oracle" and args.oracle_max_variants is not None:
+        raise HyperrlError("--oracle-max-variants only applies to --method oracle")
+    device = str(parse_device(args.device))
+    overrides = parse_overrides(args.overrides)
+    variants = []
+    if args.method == "oracle":
+        variants = select_variants(family, args.oracle_split, args.oracle_max_variants)
+        for i, v in enumerate(variants):
+            v["model"] = f"models/{i}.zip"
+
+    from hyperrl.sb3 import ZOO_HYPERPARAMS
+    from hyperrl.seeding import seed_everything
+
+    run_dir = _new_run_dir(family, args.method, args.seed, args.run_dir)
+    shutil.copyfile(family.source, run_dir / "family.yaml")
+    hp = hyperparams(family, overrides)
+    run_info: dict[str, Any] = {
+        "method": args.method, "family": family.name, "seed": args.seed, "total_steps": args.total_steps,
+        "algorithm": "stable-baselines3 PPO MlpPolicy",
+        "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
+        "hyperparams_source": ("rl-baselines3-zoo" if family.env_id in ZOO_HYPERPARAMS else "sb3-defaults")
+                              + (" + --set" if overrides else ""),
+        "device": device, "torch_threads": torch.get_num_threads() if not args.threads else args.threads,
+        "eval_episodes": args.eval_episodes, "version": __version__,
+    }
+    if args.method == "oracle":
+        run_info.update({
+            "budget": "per variant: each oracle model trains for total_steps env steps",
+            "oracle_split": args.oracle_split, "oracle_max_variants": args.oracle_max_variants,
+            "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
+                          "values": family.as_dict(v["values"])} for v in variants],
+        })
+    _write_json(run_dir / "run.json", run_info)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    if args.method == "oracle":
+        result = train_oracle(family, run_dir, args.seed, args.total_steps, device, overrides,
+                              args.eval_episodes, variants)
+    else:
+        result = train_shared(family, args.method, run_dir, args.seed, args.total_steps, device, overrides,
+                              args.eval_episodes, args.eval_interval_steps)
+    metrics = {"family": family.name, "method": args.method, "total_steps": args.total_steps, **result,
+               "device": device, "seed": args.seed}
+    _write_json(run_dir / "metrics.json", metrics)
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1f}"
+
+    print(f"run dir: {run_dir}")
+    steps = f"{metrics['env_steps']:,} steps"
+    if args.method == "oracle":
+        steps = (f"{len(variants)} {args.oracle_split} variant(s) x {args.total_steps:,} steps each "
+                 f"({metrics['env_steps']:,} in all)")
+    print(f"{args.method} held-out return: interpolation {fmt(metrics['eval_interpolation_return'])}, "
+          f"extrapolation {fmt(metrics['eval_extrapolation_return'])}; {steps} in {metrics['wall_clock_s']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main)())
