@@ -247,7 +247,7 @@ def train(
                     act_buf[t] = action
                     out = env.step(agent.env_action(action))
                     rew_buf[t], term_buf[t], trunc_buf[t], final_obs_buf[t] = (
-                        out.reward, out.terminated, out.truncated, out.final_obs)
+                        out.reward * cfg.ppo.reward_scale, out.terminated, out.truncated, out.final_obs)
                     done = out.terminated | out.truncated
                     ep_ret += out.reward.to(torch.float64)
                     ep_len += 1

@@ -56,6 +56,9 @@ class PPOConfig:
     lr: float = opt(2.5e-3, "Adam learning rate", min=0.0)
     anneal_lr: bool = opt(True, "anneal the learning rate linearly to 0 over total_steps")
     gamma: float = opt(0.99, "discount", min=0.0, max=1.0)
+    reward_scale: float = opt(1.0, "rewards are multiplied by this for learning (logged returns are "
+                              "unscaled); keeps value targets O(1) for large per-step costs (Pendulum)",
+                              min=0.0)
     gae_lambda: float = opt(0.95, "GAE lambda", min=0.0, max=1.0)
     num_minibatches: int = opt(4, "minibatches per epoch (split over env columns)", min=1)
     update_epochs: int = opt(4, "optimisation epochs per rollout", min=1)
