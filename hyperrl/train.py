@@ -237,6 +237,7 @@ def train(
             with record_function("hyperrl/rollout"):
                 ret_sum = torch.zeros((), dtype=torch.float64, device=device)
                 ret_cnt = torch.zeros((), dtype=torch.long, device=device)
+                len_sum = torch.zeros((), dtype=torch.long, device=device)
                 for t in range(t_len):
                     obs_buf[t], slot_buf[t] = obs, slot
                     with torch.no_grad():
@@ -252,6 +253,7 @@ def train(
                     ep_ret += out.reward.to(torch.float64)
                     ep_len += 1
                     ret_sum += (ep_ret * done).sum()
+                    len_sum += (ep_len * done).sum()
                     ret_cnt += done.sum()
                     ep_ret.masked_fill_(done, 0.0)
                     ep_len.masked_fill_(done, 0)
@@ -316,6 +318,7 @@ def train(
             if cnt:
                 recent_return = float(ret_sum) / cnt
                 writer.add_scalar("charts/episode_return", recent_return, global_step)
+                writer.add_scalar("charts/episode_length", float(len_sum) / cnt, global_step)
             sps = (global_step - steps_at_loop) / max(time.perf_counter() - t_loop - eval_seconds, 1e-9)
             writer.add_scalar("charts/steps_per_second", sps, global_step)
             bar.update(min(global_step, cfg.total_steps) - bar.n)
