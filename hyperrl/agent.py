@@ -21,7 +21,7 @@ from hyperrl.hypernet import HyperNetwork, functional_mlp
 from hyperrl.ppo import Categorical, DiagGaussian
 from hyperrl.train_config import ModelConfig
 
-__all__ = ["HyperAgent", "SlotRows", "apply_rows", "gather_slots", "act"]
+__all__ = ["HyperAgent", "SlotRows", "RolloutWeights", "apply_rows", "gather_slots", "act"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,36 @@ def apply_rows(
     y = functional_mlp(weights, obs[rows.col], activation)  # [R, T, out]
     flat = rows.sample_row * t + torch.arange(t, device=obs.device)  # [M, T]
     return y.reshape(-1, y.shape[-1])[flat.reshape(-1)].view(m, t, -1)
+
+
+class RolloutWeights:
+    """Each env's current generated weights during a rollout.
+
+    ``table`` holds the weights of all N*K slots (row ``n*K + k``); ``current`` the row of
+    each env's slot, ``[N, ...]``. When episodes end, :meth:`advance` copies the new slot's
+    rows in: on CPU only the rows that changed (the sync is free there), on an accelerator
+    with a branch-free ``where`` (no host sync). A step then reads N weight rows, not N*K.
+    """
+
+    def __init__(self, table: dict[str, torch.Tensor], num_envs: int, num_slots: int):
+        self.table = {key: w.view(num_envs, num_slots, *w.shape[1:]) for key, w in table.items()}
+        self.current = {key: w[:, 0].clone() for key, w in self.table.items()}
+        self._cols = torch.arange(num_envs, device=next(iter(table.values())).device)
+
+    def advance(self, done: torch.Tensor, slot: torch.Tensor, branch_free: bool | None = None) -> None:
+        """done [N] bool: envs whose episode ended; slot [N] long: their slot from now on.
+        ``branch_free`` defaults to True off the CPU."""
+        if branch_free is None:
+            branch_free = done.device.type != "cpu"
+        if not branch_free:
+            idx = done.nonzero().squeeze(1)
+            if idx.numel():
+                for key, w in self.table.items():
+                    self.current[key][idx] = w[idx, slot[idx]]
+            return
+        for key, w in self.table.items():
+            mask = done.view(-1, *([1] * (w.dim() - 2)))
+            self.current[key] = torch.where(mask, w[self._cols, slot], self.current[key])
 
 
 def gather_slots(table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:

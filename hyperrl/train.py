@@ -23,7 +23,8 @@ import torch
 from torch.profiler import record_function
 
 from hyperrl import __version__
-from hyperrl.agent import HyperAgent, SlotRows, gather_slots
+from hyperrl.agent import HyperAgent, RolloutWeights, SlotRows, gather_slots
+from hyperrl.hypernet import functional_mlp
 from hyperrl.checkpoint import CheckpointManager, git_commit, load_checkpoint
 from hyperrl.cli import main_guard, make_parser, parse_device
 from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_config, to_dict
@@ -130,7 +131,6 @@ def train(
     trunc_buf = torch.zeros(t_len, n, dtype=torch.bool, device=device)
     slot_buf = torch.zeros(t_len, n, dtype=torch.long, device=device)
     cols = torch.arange(n, device=device)
-    all_rows = SlotRows.all_slots(torch.zeros(n, 1, dtype=torch.long, device=device), k)  # rollout rows
     # Update rows: on CPU only the visited (column, slot) pairs (compute is the cost; the
     # host sync is free); on an accelerator every pair (no sync; spare compute is cheap).
     slot_rows = SlotRows.used_slots if device.type == "cpu" else SlotRows.all_slots
@@ -232,6 +232,7 @@ def train(
                 if not bool(_all_finite(weights)):
                     raise TrainingDiverged(f"non-finite generated weights at step {global_step}; "
                                            f"the last good checkpoint is in {ckpt.latest_path}")
+                rollout_w = RolloutWeights(weights, n, k)
 
             # -- rollout: T steps of N variants, no host transfer --
             with record_function("hyperrl/rollout"):
@@ -241,10 +242,10 @@ def train(
                 for t in range(t_len):
                     obs_buf[t], slot_buf[t] = obs, slot
                     with torch.no_grad():
-                        rows = SlotRows(all_rows.col, all_rows.slot, all_rows.sample_row + slot.unsqueeze(1))
-                        dist = agent.dist_rows(weights, obs.unsqueeze(1), rows)
-                        action = dist.sample(action_gen).squeeze(1)
-                        logp_buf[t] = dist.log_prob(action.unsqueeze(1)).squeeze(1)
+                        w_now = rollout_w.current  # each env's slot weights, [N, ...]
+                        dist = agent.policy_head(w_now, functional_mlp(w_now, obs, cfg.model.activation))
+                        action = dist.sample(action_gen)
+                        logp_buf[t] = dist.log_prob(action)
                     act_buf[t] = action
                     out = env.step(agent.env_action(action))
                     rew_buf[t], term_buf[t], trunc_buf[t], final_obs_buf[t] = (
@@ -258,6 +259,7 @@ def train(
                     ep_ret.masked_fill_(done, 0.0)
                     ep_len.masked_fill_(done, 0)
                     slot = torch.where(done, (slot + 1).clamp(max=k - 1), slot)
+                    rollout_w.advance(done, slot)
                     env.next_params = params_tab[cols, (slot + 1).clamp(max=k - 1)]
                     obs = out.obs
                 global_step += batch

@@ -322,3 +322,22 @@ def test_mlp_critic_uses_context():
     ref = agent.critic(torch.cat([obs, ctx], -1)).squeeze(-1)
     torch.testing.assert_close(v, ref)
     assert not torch.allclose(agent.value(obs, ctx + 1.0), v)
+
+
+@pytest.mark.parametrize("branch_free", [False, True], ids=["cpu-index", "accelerator-where"])
+def test_rollout_weights_track_each_envs_slot(branch_free):
+    """RolloutWeights.current always equals the table row of each env's current slot."""
+    from hyperrl.agent import RolloutWeights
+
+    n, k = 6, 3
+    gen = torch.Generator().manual_seed(0)
+    table = {"0.weight": torch.randn(n * k, 4, 3, generator=gen), "0.bias": torch.randn(n * k, 4, generator=gen)}
+    rw = RolloutWeights(table, n, k)
+    slot = torch.zeros(n, dtype=torch.long)
+    for _ in range(5):
+        done = torch.rand(n, generator=gen) < 0.5
+        slot = torch.where(done, (slot + 1).clamp(max=k - 1), slot)
+        rw.advance(done, slot, branch_free=branch_free)
+        for key, w in table.items():
+            expected = w.view(n, k, *w.shape[1:])[torch.arange(n), slot]
+            assert torch.equal(rw.current[key], expected)

@@ -1,0 +1,280 @@
+"""``python -m hyperrl.adapt``: few-episode adaptation of a tiny trained run.
+
+The variant is deliberately mismatched: the adapter is told ``force_mag=+10`` while the
+episodes run with a reversed motor (``-10``), so the zero-shot policy pushes the wrong way.
+Every mode must improve on it within its budget; the budget is counted exactly (checked
+independently by counting the envs the adapter creates); the pre-trained run's files keep
+their bytes; bad input gives one ``error:`` line and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import hyperrl
+import hyperrl.sim
+from hyperrl import adapt as adapt_mod
+from hyperrl.adapt import (AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt, adapt_mode,
+                           adapt_reference, evaluate_policy, identify, run_episodes)
+from hyperrl.cli import main_guard
+from hyperrl.families import load_family
+from hyperrl.policy import HyperRun
+
+TINY = [
+    "env.num_envs=32", "ppo.num_steps=32", "eval.episodes=1", "progress=false", "ppo.update_epochs=4",
+    "ppo.num_minibatches=2", "ppo.target_kl=null", "ppo.lr=0.005", "model.hidden_sizes=[16,16]",
+    "model.embed_sizes=[16,16]", "model.critic_hidden_sizes=[16,16]", "model.chunk_size=0",
+    "stop_at_return=null", "histogram_interval_evals=0", "dtype=float32",
+]
+TOLD = {"force_mag": 10.0}
+TRUE = {"force_mag": -10.0}
+
+
+def train_tiny(run_dir: Path, family: str, steps: int) -> Path:
+    from hyperrl.train import main as train_main
+
+    args = ["--env-family", family, "--total-steps", str(steps), "--device", "cpu", "--run-dir", str(run_dir),
+            "--set", f"eval.interval_steps={steps}"]
+    for item in TINY:
+        args += ["--set", item]
+    assert train_main(args) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def actuator_run(tmp_path_factory) -> Path:
+    return train_tiny(tmp_path_factory.mktemp("adapt") / "run", "cartpole-actuator", 20480)
+
+
+@pytest.fixture(scope="module")
+def source(actuator_run) -> HyperRun:
+    return HyperRun(actuator_run)
+
+
+def tree_hash(folder: Path, skip: str = "adapt") -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).parts[0] != skip}
+
+
+def expect_error(capsys, *args) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main_guard(adapt_mod.main)([str(a) for a in args])
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def v(d: dict[str, float]) -> torch.Tensor:
+    return torch.tensor(list(d.values()), dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Budget
+# --------------------------------------------------------------------------------------
+def test_episode_budget_refuses_overdraw():
+    b = EpisodeBudget(3)
+    b.take(2, "a")
+    with pytest.raises(BudgetExceeded, match="asked for 2 episode.*1 of 3 left"):
+        b.take(2, "b")
+    b.take(1, "c")
+    assert (b.used, b.remaining) == (3, 0)
+    with pytest.raises(BudgetExceeded):
+        b.take(1, "d")
+    assert [e["purpose"] for e in b.log] == ["a", "c"]
+
+
+def test_run_episodes_records_and_counts():
+    fam = load_family("cartpole-actuator")
+    b = EpisodeBudget(4)
+    left = lambda obs: (torch.zeros(obs.shape[0], dtype=torch.long),) * 2 + (torch.zeros(obs.shape[0]),)  # noqa: E731
+    eps = run_episodes(fam, v(TRUE), left, 3, b, seed=0, purpose="probe")
+    assert b.used == 3 and b.env_steps == eps.steps == int(eps.lengths.sum())
+    assert eps.obs.shape[1] == 3 and bool(eps.mask[0].all())
+    assert bool(((eps.terminated | eps.truncated) & eps.mask).sum(0).eq(1).all())  # each episode ends once
+    with pytest.raises(BudgetExceeded):
+        run_episodes(fam, v(TRUE), left, 2, b, seed=0, purpose="too many")
+    assert b.used == 3  # refused before running
+
+
+@pytest.mark.parametrize("line", ["context", "weights", "hypernet", "scratch"])
+def test_budget_is_counted_exactly(source, line, monkeypatch):
+    """Independent count: every env the adapter creates is an episode it can observe."""
+    created = []
+    real = hyperrl.sim.make_vec_env
+
+    def counting(family, num_envs, *a, **k):
+        created.append(int(num_envs))
+        return real(family, num_envs, *a, **k)
+
+    monkeypatch.setattr(hyperrl.sim, "make_vec_env", counting)
+    for k in (1, 4):
+        created.clear()
+        if line == "scratch":
+            res = adapt_reference(source, "scratch", v(TRUE), k, seed=1)
+        else:
+            cfg = AdaptConfig(episodes_per_update=3)  # batches of 3, the last one cut to fit
+            res = adapt_mode(source, line, v(TRUE), None if line == "context" else v(TOLD), k, cfg, seed=1)
+        assert res.budget.used == k == sum(created), (line, k, created)
+        assert res.budget.env_steps == sum(e["steps"] for e in res.budget.log)
+
+
+# --------------------------------------------------------------------------------------
+# Every mode improves on the mismatched variant
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["context", "weights", "hypernet"])
+def test_each_mode_improves_mismatched_variant(source, mode):
+    zero = evaluate_policy(source.family, adapt_mode(source, mode, v(TRUE), v(TOLD), 0).policy, v(TRUE), 4)
+    res = adapt_mode(source, mode, v(TRUE), v(TOLD), 3, seed=0)
+    after = evaluate_policy(source.family, res.policy, v(TRUE), 4)
+    assert res.budget.used == 3
+    assert float(zero.mean()) < 30  # the wrong sign: the pole falls at once
+    assert float(after.mean()) > float(zero.mean()) + 100, (mode, zero, after, res.info)
+    # system identification found the reversed motor from the recorded transitions
+    assert res.info["identified_values"][0] == pytest.approx(-10.0, rel=0.02)
+
+
+def test_context_search_without_identification_tries_both_signs(source):
+    cfg = AdaptConfig(identify=False)
+    res = adapt_mode(source, "context", v(TRUE), None, 3, cfg, seed=0)  # hidden: sign unknown
+    signs = [np.sign(c["values"][0]) for c in res.info["candidates"]]
+    assert signs[:2] == [1.0, -1.0]
+    assert res.context_values[0] < 0
+    zero = evaluate_policy(source.family, adapt_mode(source, "context", v(TRUE), None, 0).policy, v(TRUE), 4)
+    after = evaluate_policy(source.family, res.policy, v(TRUE), 4)
+    assert float(after.mean()) > float(zero.mean()) + 100
+
+
+def test_ppo_update_improves_without_identification(source):
+    """The PPO path alone (no identification, no restart) learns on the reversed motor."""
+    cfg = AdaptConfig(identify=False)
+    res = adapt_mode(source, "hypernet", v(TRUE), v(TOLD), 20, cfg, seed=0)
+    zero = evaluate_policy(source.family, adapt_mode(source, "hypernet", v(TRUE), v(TOLD), 0).policy, v(TRUE), 4)
+    after = evaluate_policy(source.family, res.policy, v(TRUE), 4)
+    assert res.info["updates"] == 20 and not res.info["restarted_from_identified"]
+    assert float(after.mean()) > float(zero.mean()) + 5
+
+
+def test_hypernet_mode_keeps_the_family(source):
+    res = adapt_mode(source, "hypernet", v(TRUE), v(TOLD), 5, seed=0)
+    fam = source.family
+    ctx = fam.context(fam.heldout_values("interpolation")).float()
+    with torch.no_grad():
+        before = source.agent.policy_weights(ctx)
+        after = res.info["_agent"].policy_weights(ctx)
+    rel = max(float((after[k] - before[k]).norm() / before[k].norm()) for k in before)
+    assert rel < 0.2  # the regulariser keeps the train contexts' weights
+    forget = adapt_mod._forgetting(source, res.info["_agent"], torch.device("cpu"))
+    assert forget["after"] >= 0.8 * forget["before"], forget
+
+
+def test_identify_recovers_parameters():
+    for name, true in (("cartpole-actuator", [-3.7]), ("cartpole-mass", [0.83]), ("pendulum-mass-length", [2.2, 0.4])):
+        fam = load_family(name)
+        g = torch.Generator().manual_seed(0)
+
+        def rand_policy(obs):
+            if fam.batched == "cartpole":
+                a = torch.randint(2, (obs.shape[0],), generator=g)
+                return a, a, torch.zeros(obs.shape[0])
+            a = torch.rand(obs.shape[0], 1, generator=g) * 4 - 2
+            return a, a, torch.zeros(obs.shape[0])
+
+        eps = run_episodes(fam, torch.tensor(true, dtype=torch.float64), rand_policy, 1, EpisodeBudget(1), 3, "probe")
+        ident = identify(fam, [eps])
+        assert ident is not None
+        np.testing.assert_allclose(ident.values.numpy(), true, rtol=0.02, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------
+# CLI, outputs, loader, the pre-trained run untouched
+# --------------------------------------------------------------------------------------
+def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
+    before = tree_hash(actuator_run)
+    capsys.readouterr()
+    rc = main_guard(adapt_mod.main)([str(actuator_run), "--values", "force_mag=10", "--true-values",
+                                     "force_mag=-10", "--episodes", "2", "--mode", "context,weights",
+                                     "--eval-episodes", "2", "--seed", "3"])
+    assert rc == 0
+    out = capsys.readouterr()
+    assert "dr-finetune skipped: no --dr" in out.out and "scratch" in out.out
+    assert tree_hash(actuator_run) == before  # checkpoints, config, metrics, events: same bytes
+    dirs = sorted((actuator_run / "adapt").iterdir())
+    assert [d.name for d in dirs] == ["context-force_mag=-10-k2-s3", "weights-force_mag=-10-k2-s3"]
+    for d in dirs:
+        assert {"run.json", "family.yaml", "metrics.json", "policy.pt", "returns_vs_episodes.png"} <= \
+            {p.name for p in d.iterdir()}
+        assert any(p.name.startswith("events.out.tfevents") for p in d.iterdir())
+        info = json.loads((d / "run.json").read_text())
+        assert info["method"] == "adapted" and info["values"] == TRUE and info["episodes_used"] == 2
+        assert (d / info["source_run"]).resolve() == actuator_run.resolve()
+        m = json.loads((d / "metrics.json").read_text())
+        assert set(m["returns"]) == {"0", "1", "2"} and set(m["curves"]) == {"context", "weights", "scratch"}
+        assert m["episodes_used"] == 2 and m["env_steps"] > 0
+        assert m["curves"][info["mode"]][-1]["return_mean"] == m["final_return"]
+
+        run = hyperrl.load(d)
+        assert isinstance(run, AdaptedRun) and run.variants.tolist() == [[-10.0]]
+        again = evaluate_policy(run.family, run, v(TRUE), 2)
+        assert float(again.mean()) == pytest.approx(m["final_return"])  # same policy, same eval episodes
+        obs = np.zeros(4, dtype=np.float32)
+        action, _ = run.policy(TRUE).predict(obs)
+        assert action.shape == () and int(action) in (0, 1)
+    ctx_run = hyperrl.load(dirs[0])
+    regen = ctx_run.regenerate()
+    for k, w in ctx_run.weights_policy.weights.items():
+        torch.testing.assert_close(regen.weights[k], w)
+
+    from hyperrl.evaluate import evaluate_run
+
+    results, path = evaluate_run(dirs[0], values=["force_mag=-10"], episodes=2, backend="batched")
+    assert results["method"] == "adapted" and path.parent.parent == dirs[0]
+    assert tree_hash(actuator_run) == before
+    # an existing output is refused unless --force
+    err = expect_error(capsys, actuator_run, "--values", "force_mag=10", "--true-values", "force_mag=-10",
+                       "--episodes", "2", "--mode", "weights", "--seed", "3", "--no-references")
+    assert "already exists" in err
+
+
+def test_dr_finetune_reference(actuator_run, tmp_path):
+    from hyperrl.baselines import main as baselines_main
+
+    dr = tmp_path / "dr"
+    assert baselines_main(["--env-family", "cartpole-actuator", "--method", "dr", "--total-steps", "512",
+                           "--eval-episodes", "1", "--device", "cpu", "--run-dir", str(dr)]) == 0
+    res = adapt(actuator_run, TRUE, episodes=2, modes="context", dr=dr, eval_episodes=2, save=False)
+    assert [p["episodes_used"] for p in res["curves"]["dr-finetune"]] == [0, 1, 2]
+    assert res["notes"] == []
+    with pytest.raises(hyperrl.errors.HyperrlError, match="expected a 'dr' baseline"):
+        adapt(actuator_run, TRUE, episodes=1, dr=actuator_run, save=False)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--values", "masspole=0.9"], "has no parameter 'masspole'"),
+    (["--values", "force_mag=45"], "outside its physical bounds"),
+    (["--values", "force_mag=0.1"], "outside its physical bounds"),
+    (["--values", "force_mag=10", "--episodes", "0"], "--episodes must be at least 1"),
+    (["--values", "force_mag=10", "--episodes", "-2"], "--episodes must be at least 1"),
+    (["--values", "force_mag=10,12"], "ONE variant"),
+    (["--values", "force_mag=10", "--hidden", "--true-values", "force_mag=-10"], "exclude each other"),
+    (["--values", "force_mag=10", "--mode", "bogus"], "unknown --mode 'bogus'"),
+    (["--values", "force_mag=10", "--budgets", "0,20", "--episodes", "5"], "--budgets"),
+    (["--values", "force_mag=10", "--set", "bogus=1"], "--set"),
+])
+def test_bad_input_one_line_error_nothing_written(actuator_run, capsys, args, needle):
+    before = tree_hash(actuator_run, skip="")
+    err = expect_error(capsys, actuator_run, *args)
+    assert needle in err, err
+    assert tree_hash(actuator_run, skip="") == before
+
+
+def test_not_a_hyperrl_run(tmp_path, capsys):
+    err = expect_error(capsys, tmp_path / "nope", "--values", "force_mag=10")
+    assert "does not exist" in err
