@@ -52,6 +52,7 @@ from hyperrl import __version__
 from hyperrl.api import Values, register_loader
 from hyperrl.cli import main_guard, make_parser, parse_device
 from hyperrl.errors import HyperrlError
+from hyperrl.fileio import new_run_dir, write_json
 from hyperrl.evaluation import Actor, ActorFactory, evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
 
@@ -322,36 +323,6 @@ def select_variants(family: Family, split: str, max_variants: int | None) -> lis
     return rows
 
 
-def _new_run_dir(family: Family, method: str, seed: int, run_dir: str | None) -> Path:
-    if run_dir is not None:
-        path = Path(run_dir)
-        if path.exists() and not path.is_dir():
-            raise HyperrlError(f"run dir {path} exists and is not a folder")
-        if path.exists() and any(path.iterdir()):
-            raise HyperrlError(f"run dir {path} already exists and is not empty; pick another --run-dir")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise HyperrlError(f"cannot create run dir {path}: {e.strerror}") from None
-        return path
-    base = Path("runs") / family.name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = base / (f"{method}-{stamp}-s{seed}" + (f"-{i}" if i else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise HyperrlError(f"could not create a fresh run dir under {base}")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 def _heldout_rows(family: Family, stats_by_split: dict[str, Any], labels: dict[str, list[int]] | None = None):
     rows = []
     for split, st in stats_by_split.items():
@@ -510,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from hyperrl.sb3 import ZOO_HYPERPARAMS
     from hyperrl.seeding import seed_everything
 
-    run_dir = _new_run_dir(family, args.method, args.seed, args.run_dir)
+    run_dir = new_run_dir(family.name, f"{args.method}-", args.seed, args.run_dir)
     shutil.copyfile(family.source, run_dir / "family.yaml")
     hp = hyperparams(family, overrides)
     run_info: dict[str, Any] = {
@@ -529,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
                           "values": family.as_dict(v["values"])} for v in variants],
         })
-    _write_json(run_dir / "run.json", run_info)
+    write_json(run_dir / "run.json", run_info)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -542,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               args.eval_episodes, args.eval_interval_steps)
     metrics = {"family": family.name, "method": args.method, "total_steps": args.total_steps, **result,
                "device": device, "seed": args.seed}
-    _write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1f}"

@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import re
-import secrets
 import subprocess
 import zipfile
 from collections import Counter, OrderedDict
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from hyperrl.errors import HyperrlError
+from hyperrl.fileio import atomic_write as _atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -144,39 +144,6 @@ def _safe(obj: Any, where: str) -> Any:
         "which a weights-only torch.load cannot read; convert it to tensors, numbers, "
         "strings, lists or dicts"
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    # os.open with 0o666 (not mkstemp's 0o600) so the file gets the usual umask permissions
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ import functools
 import math
 import os
 import re
-import tempfile
 import types
 import typing
 from decimal import Decimal, InvalidOperation
@@ -51,6 +50,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, TypeVar, Union
 import yaml
 
 from hyperrl.errors import HyperrlError
+from hyperrl.fileio import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -493,15 +493,7 @@ def save_config(
     if back != cfg:
         raise ConfigError(f"config does not survive a YAML round trip: {cfg!r} != {back!r}")
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(p, text)
     return p
 
 

@@ -34,7 +34,6 @@ scalars, the figure and the table in the run's TensorBoard under ``eval/<name>/.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -43,7 +42,6 @@ import json
 import math
 import os
 import re
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ import torch
 
 from hyperrl.cli import main_guard, make_parser, parse_device
 from hyperrl.errors import HyperrlError
+from hyperrl.fileio import atomic_write_bytes
 from hyperrl.evaluation import EpisodeStats, evaluate_values
 from hyperrl.families import SPLITS, Family
 
@@ -307,20 +306,6 @@ def _columns(head: list[str], rows: list[list[str]]) -> list[str]:
 # --------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _figure(run: Any, results: dict[str, Any], name: str):
     from hyperrl.plots import return_vs_param_figure
 
@@ -354,9 +339,9 @@ def write_outputs(run: Any, results: dict[str, Any], name: str, tensorboard: boo
 
     out = Path(run.run_dir) / "eval" / name
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_bytes(out / "results.json", json_bytes)
-    _atomic_bytes(out / "results.csv", csv_bytes)
-    _atomic_bytes(out / "return_vs_param.png", png.getvalue())
+    atomic_write_bytes(out / "results.json", json_bytes)
+    atomic_write_bytes(out / "results.csv", csv_bytes)
+    atomic_write_bytes(out / "return_vs_param.png", png.getvalue())
     if tensorboard:
         _log_tensorboard(run, results, name, image)
     return out

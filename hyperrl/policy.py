@@ -29,7 +29,7 @@ import os
 import secrets
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import gymnasium as gym
 import numpy as np

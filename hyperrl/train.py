@@ -10,7 +10,6 @@ tested alone.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -31,6 +30,7 @@ from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
+from hyperrl.fileio import new_run_dir, write_json
 from hyperrl.ppo import explained_variance, gae, ppo_loss
 from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
 from hyperrl.sim import BatchedSim, make_vec_env
@@ -371,9 +371,7 @@ def train(
                                  "hparam/extrapolation_return": metrics["eval_extrapolation_return"] or 0.0},
                        run_name=".")
     writer.close()
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    tmp.replace(run_dir / "metrics.json")
+    write_json(run_dir / "metrics.json", metrics)
     return metrics
 
 
@@ -396,31 +394,6 @@ def resolve_config(family: Family, config_path: str | None, overrides: Sequence[
     if cfg.total_steps < 1:
         raise HyperrlError("--total-steps must be at least 1")
     return cfg
-
-
-def _new_run_dir(family: Family, seed: int, run_dir: str | None) -> Path:
-    if run_dir is not None:
-        path = Path(run_dir)
-        if path.exists() and not path.is_dir():
-            raise HyperrlError(f"run dir {path} exists and is not a folder")
-        if path.exists() and any(path.iterdir()):
-            raise HyperrlError(f"run dir {path} already exists and is not empty; "
-                               "use --resume to continue it or pick another --run-dir")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise HyperrlError(f"cannot create run dir {path}: {e.strerror}") from None
-        return path
-    base = Path("runs") / family.name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = base / (f"{stamp}-s{seed}" + (f"-{i}" if i else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise HyperrlError(f"could not create a fresh run dir under {base}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -465,11 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     family = load_family(args.env_family)
     cfg = resolve_config(family, args.config, args.overrides, args.seed, args.total_steps, args.device)
     parse_device(cfg.device)  # fail before creating anything
-    run_dir = _new_run_dir(family, cfg.seed, args.run_dir)
+    run_dir = new_run_dir(family.name, "", cfg.seed, args.run_dir,
+                          "use --resume to continue it or pick another --run-dir")
     save_config(cfg, run_dir / "config.yaml")
     shutil.copyfile(family.source, run_dir / "family.yaml")
-    (run_dir / "run.json").write_text(json.dumps(
-        {"method": "hyperrl", "family": family.name, "seed": cfg.seed, "version": __version__}, indent=2))
+    write_json(run_dir / "run.json", {"method": "hyperrl", "family": family.name, "seed": cfg.seed,
+                                      "version": __version__})
     metrics = train(cfg, family, run_dir)
     print(f"run dir: {run_dir}")
     print(f"held-out return: interpolation {metrics['eval_interpolation_return']:.1f}, "
