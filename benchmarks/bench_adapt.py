@@ -307,7 +307,7 @@ def main() -> int:
                             + ["identified", "context of"], hrows), "",
                    md_table(["split", f"≥{thr:g} within 3 episodes"],
                             [[s, f"{a}/{b}"] for s, (a, b) in hits.items()]), ""]
-            print(f"  hidden: within 3 episodes: " + ", ".join(f"{s} {a}/{b}" for s, (a, b) in hits.items()))
+            print("  hidden: within 3 episodes: " + ", ".join(f"{s} {a}/{b}" for s, (a, b) in hits.items()))
 
     md.append(f"Total wall-clock {time.perf_counter() - t_start:.0f} s.")
     text = "\n".join(md) + "\n"

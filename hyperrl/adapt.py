@@ -15,26 +15,30 @@ use other seeds and do not count.
 Modes (``--mode``; ``all`` runs the three):
 
 * ``context`` (default): the hypernetwork is frozen; only the context vector, a handful of
-  numbers, is searched. Each candidate context costs one episode (deterministic actions).
-  The search space is the context of physically valid values (each magnitude feature
-  min-max scaled so the train range is [-1, 1]; a signed parameter's sign feature is ±1
-  and both signs are searched when the sign is unknown). Candidates, in order: the
+  numbers, is searched. Each episode evaluates one candidate context (deterministic
+  actions). The search space is the context of physically valid values (each magnitude
+  feature min-max scaled so the train range is [-1, 1]; a signed parameter's sign feature
+  is ±1 and both signs are searched when the sign is unknown). Candidates, in order: the
   context of the believed values (the given values, or with ``--hidden`` the centre of the
-  train distribution), the nearest in-train-range context when that differs (the
-  hypernetwork is reliable there), then a sequential cross-entropy search: each new
-  candidate is drawn from a Gaussian around the mean of the best-returning candidates so
-  far (elite fraction ``elite_frac``), its spread shrinking from ``sigma`` by
-  ``sigma_decay`` per draw. The policy kept is the candidate with the best episode return
-  (ties: the one nearest the believed context). All candidate episodes start from the
-  same seeded initial state (common random numbers) so their returns compare fairly.
+  train distribution), the nearest in-train-range context when that differs, the train
+  centre, then a sequential cross-entropy search: each new candidate is drawn from a
+  Gaussian around the mean of the best-returning candidates so far (elite fraction
+  ``elite_frac``), its spread shrinking from ``sigma`` by ``sigma_decay`` per draw. Racing:
+  when several candidates share the best mean return (CartPole's returns saturate at the
+  time limit) the least-evaluated of them is run again, up to ``race_evals`` episodes each.
+  A candidate's k-th episode starts from the k-th common seeded initial state (common
+  random numbers), so candidates compare on the same starts. The policy kept is the
+  candidate with the best mean return (ties: the most evaluated, then the one nearest the
+  believed context).
 * ``weights``: the policy generated for the believed values becomes a plain set of
   weights (leaf tensors) fine-tuned directly with PPO, ``episodes_per_update`` episodes per
   update; the run's critic, at the believed context, is fine-tuned alongside.
 * ``hypernet``: a copy of the hypernetwork and critic is fine-tuned with PPO on the
   variant's episodes, plus ``reg_coef`` x an L2 penalty (relative to each tensor's scale)
   between the generated weights and the pre-trained hypernetwork's on contexts drawn from
-  the train distribution, so the rest of the family is not forgotten (measured after
-  adaptation on the interpolation held-out set, reported as ``family_before/after``).
+  the train distribution, so the rest of the family is not forgotten (checked after the
+  budget-K run on the interpolation held-out set: ``family_interpolation_return``
+  ``{before, after}`` in its curve point).
 
 System identification (``identify``, on by default, families with a batched simulator):
 the transitions (s, a, s') the adapter has recorded are replayed one step through the
@@ -93,7 +97,7 @@ from hyperrl.api import Values, read_run_info, register_loader
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
 from hyperrl.families import Family, load_family
-from hyperrl.hypernet import functional_mlp, make_target_mlp, mlp_layer_count
+from hyperrl.hypernet import functional_mlp, make_target_mlp
 from hyperrl.ppo import Categorical, DiagGaussian, gae, ppo_loss
 
 __all__ = [
@@ -136,11 +140,12 @@ class AdaptConfig:
     """Adaptation settings (``--set KEY=VALUE`` on the command line)."""
 
     # context search
-    sigma: float = 0.3  # initial std of the context search, in context units (train range = [-1, 1])
+    sigma: float = 0.5  # initial std of the context search, in context units (train range = [-1, 1])
     sigma_min: float = 0.05
     sigma_decay: float = 0.8  # per candidate drawn
     elite_frac: float = 0.3
-    crn: bool = True  # every candidate episode starts from the same seeded initial state
+    crn: bool = True  # a candidate's k-th episode starts from the k-th common seeded initial state
+    race_evals: int = 2  # candidates tied for the best mean are re-evaluated up to this many episodes
     # system identification
     identify: bool = True
     mismatch_ratio: float = 4.0  # given values replaced when they predict this many times worse
@@ -156,7 +161,8 @@ class AdaptConfig:
     ent_coef: float = 0.0
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    target_kl: float | None = 0.03
+    target_kl: float | None = 0.01
+    norm_adv: bool = True  # normalise advantages per update batch
     # hypernet mode: regulariser toward the pre-trained hypernetwork
     reg_coef: float = 1.0
     reg_contexts: int = 16  # train contexts per gradient step (from a pool of 8x as many)
@@ -869,7 +875,7 @@ def ppo_update(learner: _Learner, eps: Episodes, optimizer: torch.optim.Optimize
     b_act = flat(eps.actions).to(v.device)[idx]
     b_logp = flat(eps.logp).to(v.device)[idx].to(torch.float64)
     b_adv, b_ret, b_v = flat(adv)[idx], flat(ret)[idx], flat(v)[idx]
-    if b_adv.numel() > 1:
+    if cfg.norm_adv and b_adv.numel() > 1:
         b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
     b = int(idx.numel())
     stats: dict[str, list[float]] = {"policy": [], "value": [], "approx_kl": [], "extra": []}
@@ -950,6 +956,20 @@ def _ppo_loop(make_learner: Callable[[torch.Tensor], _Learner], belief: torch.Te
 # ======================================================================================
 # Context search
 # ======================================================================================
+@dataclass
+class _Candidate:
+    z: torch.Tensor  # [P] magnitude context features
+    s: torch.Tensor  # [P] signs
+    returns: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.returns) / len(self.returns) if self.returns else -math.inf
+
+    def same(self, z: torch.Tensor, s: torch.Tensor, tol: float = 0.05) -> bool:
+        return bool(torch.equal(self.s, s)) and float((self.z - z).abs().max()) < tol
+
+
 def _context_search(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidden: bool,
                     budget: EpisodeBudget, cfg: AdaptConfig, seed: int, device: torch.device,
                     use_sysid: bool) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -960,86 +980,96 @@ def _context_search(source: Any, env_values: torch.Tensor, belief: torch.Tensor,
     signed = torch.tensor([p.signed for p in family.params])
     mu, sign = _values_to_z(family, belief)
     sign_known = not (hidden and bool(signed.any()))
-    tried: list[tuple[torch.Tensor, torch.Tensor, float]] = []  # (z, sign, return)
+    cands: list[_Candidate] = []
     recorded: list[Episodes] = []
-    queue: list[tuple[torch.Tensor, torch.Tensor]] = [(mu.clone(), sign.clone())]
+    queue: list[_Candidate] = []
 
-    def add_clamped(z: torch.Tensor, s: torch.Tensor) -> None:
-        zc = z.clamp(-1.0, 1.0)
-        if float((zc - z).abs().max()) > 0.05:
-            queue.append((zc, s.clone()))
+    def standard_queue(mu: torch.Tensor, sign: torch.Tensor, other_sign: bool) -> list[_Candidate]:
+        """The believed context, the nearest in-train-range one, the train centre."""
+        out: list[_Candidate] = []
+        for z, s in [(mu, sign)] + ([(mu, torch.where(signed, -sign, sign))] if other_sign else []) + \
+                [(mu.clamp(-1.0, 1.0), sign), (torch.zeros_like(mu), sign)]:
+            if not any(c.same(z, s) for c in out):
+                out.append(_Candidate(z.clone(), s.clone()))
+        return out
 
-    add_clamped(mu, sign)
-    if not sign_known and not (use_sysid and sysid_available(family)):
-        queue.insert(1, (mu.clone(), torch.where(signed, -sign, sign)))  # try the other sign second
+    queue = standard_queue(mu, sign, not sign_known and not (use_sysid and sysid_available(family)))
     draws = 0
-    info: dict[str, Any] = {"candidates": [], "identified_values": None, "belief_values": belief.tolist()}
+    info: dict[str, Any] = {"candidates": [], "identified_values": None, "belief_values": belief.tolist(),
+                            "episodes": []}
     crn_seed = ADAPT_SEED + 1000 * int(seed)
-
-    def was_tried(z: torch.Tensor, s: torch.Tensor) -> bool:
-        return any(bool(torch.equal(s, ts)) and float((z - tz).abs().max()) < 1e-3 for tz, ts, _ in tried)
 
     while budget.remaining > 0:
         cand = None
-        while queue:
-            z, s = queue.pop(0)
-            if not was_tried(z, s):
-                cand = (z, s)
-                break
+        # racing: several candidates share the best mean (CartPole's returns saturate at the
+        # time limit): evaluate the least-tried of them again, on the next common start
+        if cands and cfg.race_evals > 1:
+            best = max(c.mean for c in cands)
+            tied = [c for c in cands if c.mean >= best - 1e-6 * max(1.0, abs(best))]
+            least = min(tied, key=lambda c: len(c.returns))
+            if len(tied) > 1 and len(least.returns) < cfg.race_evals:
+                cand = least
+        while cand is None and queue:
+            c = queue.pop(0)
+            if not any(x.same(c.z, c.s, 1e-3) for x in cands):
+                cand = c
+                cands.append(c)
         if cand is None:  # sequential cross-entropy draw around the elites
-            pool = [(tz, ts, r) for tz, ts, r in tried if not sign_known or bool(torch.equal(ts, sign))] or tried
-            pool = sorted(pool, key=lambda x: -x[2])
-            k = max(1, int(math.ceil(cfg.elite_frac * len(pool))))
-            elites = pool[:k]
-            center = torch.stack([e[0] for e in elites]).mean(0)
+            pool = [c for c in cands if not sign_known or bool(torch.equal(c.s, sign))] or cands
+            pool = sorted(pool, key=lambda c: -c.mean)
+            elites = pool[:max(1, int(math.ceil(cfg.elite_frac * len(pool))))]
+            center = torch.stack([e.z for e in elites]).mean(0)
             sigma = max(cfg.sigma_min, cfg.sigma * cfg.sigma_decay ** draws)
             z = (center + sigma * torch.randn(center.shape, generator=gen, dtype=torch.float64)).clamp(z_lo, z_hi)
             if sign_known:
                 s = sign.clone()
-            else:  # sign per signed parameter: the elites' majority, flipped with probability 0.25
-                s = elites[0][1].clone()
+            else:  # sign per signed parameter: the best elite's, flipped with probability 0.25
+                s = elites[0].s.clone()
                 flip = (torch.rand(s.shape, generator=gen, dtype=torch.float64) < 0.25) & signed
                 s = torch.where(flip, -s, s)
             draws += 1
-            cand = (z, s)
-        z, s = cand
-        values = _z_to_values(family, z, s)
+            cand = _Candidate(z, s)
+            cands.append(cand)
+        values = _z_to_values(family, cand.z, cand.s)
         pol = generated_policy(source, values, device)
+        k = len(cand.returns)
         eps = run_episodes(family, env_values, pol.step_fn(True, None), 1, budget,
-                           seed=crn_seed if cfg.crn else crn_seed + len(tried),
-                           purpose=f"context candidate {len(tried)}", device=device)
+                           seed=crn_seed + k if cfg.crn else crn_seed + len(info["episodes"]),
+                           purpose=f"context candidate {cands.index(cand)} (evaluation {k + 1})", device=device)
         ret = float(eps.returns[0])
-        tried.append((z, s, ret))
+        cand.returns.append(ret)
         recorded.append(eps)
-        info["candidates"].append({"values": values.tolist(), "return": ret})
+        info["episodes"].append({"candidate": cands.index(cand), "values": values.tolist(), "return": ret})
         if use_sysid:
             ident = identify(family, recorded, cfg.sysid_transitions, device)
             if ident is not None:
                 info["identified_values"] = ident.values.tolist()
                 if hidden or _mismatch(ident, belief, cfg.mismatch_ratio):
                     new_z, new_s = _values_to_z(family, ident.values)
-                    if not (bool(torch.equal(new_s, sign)) and float((new_z - mu).abs().max()) < 1e-3
-                            and sign_known):
+                    if not (sign_known and bool(torch.equal(new_s, sign)) and float((new_z - mu).abs().max()) < 1e-3):
                         mu, sign, sign_known = new_z, new_s, True
                         info["belief_changed"] = True
                         info["belief_values"] = ident.values.tolist()
-                        queue = [(mu.clone(), sign.clone())]
-                        add_clamped(mu, sign)
+                        queue = standard_queue(mu, sign, False)
                         draws = 0
-    if not tried:
+    info["candidates"] = [{"values": _z_to_values(family, c.z, c.s).tolist(), "returns": c.returns} for c in cands]
+    if not cands:
         return belief, info
-    best_ret = max(r for _, _, r in tried)
+    best = max(c.mean for c in cands)
     # The budget ran out right after identification moved the belief: its context is
-    # untried, but the tried ones were chosen under a belief now known to be wrong. Take
+    # untried, and the tried ones were chosen under a belief now known to be wrong. Take
     # the identified context unless a tried candidate already reached the success return.
     thr = family.success_return
-    if info.get("belief_changed") and not was_tried(mu, sign) and (thr is None or best_ret < thr):
+    if info.get("belief_changed") and not any(c.same(mu, sign, 1e-3) for c in cands) \
+            and (thr is None or best < thr):
         info["chosen"] = "identified (untried)"
         return _z_to_values(family, mu, sign), info
+    ties = [c for c in cands if c.mean >= best - 1e-6 * max(1.0, abs(best))]
+    # ties: the most evaluated, then the one nearest the believed context
+    pick = min(ties, key=lambda c: (-len(c.returns), float((c.z - mu).abs().sum())
+                                    + (0.0 if torch.equal(c.s, sign) else 1e3)))
     info["chosen"] = "best tried"
-    ties = [(tz, ts) for tz, ts, r in tried if r >= best_ret - 1e-9]
-    tz, ts = min(ties, key=lambda c: float((c[0] - mu).abs().sum()) + (0.0 if torch.equal(c[1], sign) else 1e3))
-    return _z_to_values(family, tz, ts), info
+    return _z_to_values(family, pick.z, pick.s), info
 
 
 # ======================================================================================
