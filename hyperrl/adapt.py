@@ -28,8 +28,9 @@ Modes (``--mode``; ``all`` runs the three):
   time limit) the least-evaluated of them is run again, up to ``race_evals`` episodes each.
   A candidate's k-th episode starts from the k-th common seeded initial state (common
   random numbers), so candidates compare on the same starts. The policy kept is the
-  candidate with the best mean return (ties: the most evaluated, then the one nearest the
-  believed context).
+  candidate with the best mean return (ties: the most evaluated, then the least outside the
+  train range, where the hypernetwork was trained, then the one nearest the believed
+  context).
 * ``weights``: the policy generated for the believed values becomes a plain set of
   weights (leaf tensors) fine-tuned directly with PPO, ``episodes_per_update`` episodes per
   update; the run's critic, at the believed context, is fine-tuned alongside.
@@ -784,7 +785,7 @@ class _SB3Dist:
         self.device = torch.device(device)
 
     def sample(self, gen: torch.Generator | None = None) -> torch.Tensor:
-        seed = int(torch.randint(2**62, (1,), generator=gen)) if gen is not None else 0
+        seed = int(torch.randint(2**62, (1,), generator=gen, device=gen.device)) if gen is not None else 0
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
@@ -922,7 +923,8 @@ def _ppo_loop(make_learner: Callable[[torch.Tensor], _Learner], belief: torch.Te
     """PPO with ``episodes_per_update`` episodes per update until the budget is spent. With
     ``use_sysid`` the first batch identifies the parameters and, if the belief changes
     (hidden values or a detected mismatch), the learner restarts from them."""
-    gen = torch.Generator().manual_seed(int(seed) + 17)
+    gen = torch.Generator().manual_seed(int(seed) + 17)  # minibatch order (CPU)
+    act_gen = torch.Generator(device=device).manual_seed(int(seed) + 19)  # action sampling
     learner = make_learner(belief)
     opt, groups = _make_optimizer(learner)
     info: dict[str, Any] = {"start_values": belief.tolist(), "updates": 0, "identified_values": None,
@@ -931,7 +933,7 @@ def _ppo_loop(make_learner: Callable[[torch.Tensor], _Learner], belief: torch.Te
     r = 0
     while budget.remaining > 0:
         n = min(cfg.episodes_per_update, budget.remaining)
-        eps = run_episodes(family, env_values, learner.step_fn(False, gen), n, budget,
+        eps = run_episodes(family, env_values, learner.step_fn(False, act_gen), n, budget,
                            seed=ADAPT_SEED + 1000 * int(seed) + r, purpose=f"{label} rollout {r}", device=device)
         info["episode_returns"] += [float(x) for x in eps.returns]
         r += 1
@@ -956,7 +958,7 @@ def _ppo_loop(make_learner: Callable[[torch.Tensor], _Learner], belief: torch.Te
 # ======================================================================================
 # Context search
 # ======================================================================================
-@dataclass
+@dataclass(eq=False)
 class _Candidate:
     z: torch.Tensor  # [P] magnitude context features
     s: torch.Tensor  # [P] signs
@@ -1017,7 +1019,9 @@ def _context_search(source: Any, env_values: torch.Tensor, belief: torch.Tensor,
         if cand is None:  # sequential cross-entropy draw around the elites
             pool = [c for c in cands if not sign_known or bool(torch.equal(c.s, sign))] or cands
             pool = sorted(pool, key=lambda c: -c.mean)
-            elites = pool[:max(1, int(math.ceil(cfg.elite_frac * len(pool))))]
+            n_elite = max(1, int(math.ceil(cfg.elite_frac * len(pool))))
+            cut = pool[n_elite - 1].mean  # candidates tied with the last elite are elites too
+            elites = [c for c in pool if c.mean >= cut - 1e-6 * max(1.0, abs(cut))]
             center = torch.stack([e.z for e in elites]).mean(0)
             sigma = max(cfg.sigma_min, cfg.sigma * cfg.sigma_decay ** draws)
             z = (center + sigma * torch.randn(center.shape, generator=gen, dtype=torch.float64)).clamp(z_lo, z_hi)
@@ -1065,9 +1069,10 @@ def _context_search(source: Any, env_values: torch.Tensor, belief: torch.Tensor,
         info["chosen"] = "identified (untried)"
         return _z_to_values(family, mu, sign), info
     ties = [c for c in cands if c.mean >= best - 1e-6 * max(1.0, abs(best))]
-    # ties: the most evaluated, then the one nearest the believed context
-    pick = min(ties, key=lambda c: (-len(c.returns), float((c.z - mu).abs().sum())
-                                    + (0.0 if torch.equal(c.s, sign) else 1e3)))
+    # ties: the most evaluated, then the least extrapolated (the hypernetwork was trained on
+    # the train range), then the one nearest the believed context
+    pick = min(ties, key=lambda c: (-len(c.returns), round(float((c.z.abs() - 1.0).clamp_min(0.0).sum()), 6),
+                                    float((c.z - mu).abs().sum()) + (0.0 if torch.equal(c.s, sign) else 1e3)))
     info["chosen"] = "best tried"
     return _z_to_values(family, pick.z, pick.s), info
 
@@ -1534,10 +1539,10 @@ def adapt(
     if dr is not None:
         from hyperrl.api import load
 
-        dr_run = load(dr)
-        if getattr(dr_run, "method", None) != "dr":
-            raise HyperrlError(f"--dr {dr}: expected a 'dr' baseline run dir, got method "
-                               f"'{getattr(dr_run, 'method', '?')}'")
+        dr_method = read_run_info(dr)["method"]
+        if dr_method != "dr":
+            raise HyperrlError(f"--dr {dr}: expected a 'dr' baseline run dir, got method '{dr_method}'")
+        dr_run = load(dr, device=str(dev))
         if dr_run.family.name != family.name:
             raise HyperrlError(f"--dr {dr}: family '{dr_run.family.name}' differs from the run's '{family.name}'")
     lines = list(modes)
