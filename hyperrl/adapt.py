@@ -79,7 +79,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -97,6 +96,7 @@ from torch import nn
 from hyperrl.api import Values, read_run_info, register_loader
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
+from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
 from hyperrl.families import Family, load_family
 from hyperrl.hypernet import functional_mlp, make_target_mlp
 from hyperrl.ppo import Categorical, DiagGaussian, gae, ppo_loss
@@ -129,8 +129,6 @@ EVAL_SEED = 20_000  # evaluation episodes: env i reset with Gymnasium seed EVAL_
 ADAPT_SEED = 500_000  # adaptation episodes: simulator seeds from here (never an evaluation seed)
 POLICY_FILE = "policy.pt"
 FORMAT = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
-_NAME_MAX = 100
 
 
 # ======================================================================================
@@ -526,7 +524,20 @@ def _head(discrete: bool, out: torch.Tensor, log_std: torch.Tensor | None):
     return DiagGaussian(out, log_std)
 
 
-class WeightsPolicy:
+class _Acting:
+    """``step_fn`` for anything with ``dist(obs)`` and ``env_action(a)``."""
+
+    def step_fn(self, deterministic: bool, gen: torch.Generator | None) -> PolicyStep:
+        def step(obs: torch.Tensor):
+            with torch.no_grad():
+                d = self.dist(obs)  # type: ignore[attr-defined]
+                a = d.mode() if deterministic else d.sample(gen)
+                return a, self.env_action(a), d.log_prob(a)  # type: ignore[attr-defined]
+
+        return step
+
+
+class WeightsPolicy(_Acting):
     """One variant's policy as generated-MLP weights (each ``[1, ...]``) plus its log-std."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], log_std: torch.Tensor | None, activation: str,
@@ -573,16 +584,6 @@ class WeightsPolicy:
 
         return factory
 
-    def step_fn(self, deterministic: bool, gen: torch.Generator | None) -> PolicyStep:
-        def step(obs: torch.Tensor):
-            with torch.no_grad():
-                d = self.dist(obs)
-                a = d.mode() if deterministic else d.sample(gen)
-                return a, self.env_action(a), d.log_prob(a)
-
-        return step
-
-
 def _space_bounds(space: gym.spaces.Space, dtype: torch.dtype, device: torch.device):
     if isinstance(space, gym.spaces.Discrete):
         return None, None
@@ -624,14 +625,7 @@ class _Learner:
     def env_action(self, a: torch.Tensor) -> torch.Tensor:
         return a
 
-    def step_fn(self, deterministic: bool, gen: torch.Generator | None) -> PolicyStep:
-        def step(obs: torch.Tensor):
-            with torch.no_grad():
-                d = self.dist(obs)
-                a = d.mode() if deterministic else d.sample(gen)
-                return a, self.env_action(a), d.log_prob(a)
-
-        return step
+    step_fn = _Acting.step_fn
 
 
 class _ValueAt(nn.Module):
@@ -1330,15 +1324,8 @@ def run_line(source: Any, line: str, env_values: torch.Tensor, given_values: tor
 def _default_name(family: Family, mode: str, values: torch.Tensor, hidden: bool, k: int, seed: int) -> str:
     label = ",".join(f"{n}={float(x):g}" for n, x in zip(family.param_names, values.tolist()))
     name = f"{mode}-{label}{'-hidden' if hidden else ''}-k{k}-s{seed}"
-    if len(name) > _NAME_MAX or not _NAME_RE.match(name):
+    if len(name) > OUTPUT_NAME_MAX or not OUTPUT_NAME_RE.match(name):
         name = f"{mode}-{hashlib.sha1(label.encode()).hexdigest()[:10]}{'-hidden' if hidden else ''}-k{k}-s{seed}"
-    return name
-
-
-def _check_name(name: str) -> str:
-    if not _NAME_RE.match(name) or len(name) > _NAME_MAX:
-        raise HyperrlError(f"--name {name!r}: use at most {_NAME_MAX} letters, digits and . _ = , + - "
-                           "(not starting with . or -)")
     return name
 
 
@@ -1521,7 +1508,7 @@ def adapt(
         raise HyperrlError("--true-values and --hidden exclude each other: with --hidden, --values is the "
                            "variant the episodes run in and the adapter is not told it")
     if name is not None:
-        _check_name(name)
+        check_output_name(name)
         if len(modes) > 1:
             raise HyperrlError("--name names one adapted run; with several modes the names are derived")
     dev = parse_device(device)

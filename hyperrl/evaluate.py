@@ -70,8 +70,8 @@ __all__ = [
 
 BACKENDS = ("gymnasium", "batched")
 MAX_ENVS_PER_CALL = 1024  # variants x episodes stepped at once (bounded memory for big grids)
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
-_NAME_MAX = 100
+OUTPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+OUTPUT_NAME_MAX = 100
 
 
 # --------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def select_values(
         v, lists = parse_values(family, values)
         label = "-".join(f"{n}=" + ",".join(_fmt(x) for x in xs) for n, xs in lists.items())
         name = f"values-{label}"
-        if len(name) > 60 or not _NAME_RE.match(name):
+        if len(name) > 60 or not OUTPUT_NAME_RE.match(name):
             name = "values-" + hashlib.sha1(label.encode()).hexdigest()[:10]
         return Selection(v, family.split_of(v), "values", {"values": lists}, name)
     if grid is not None:
@@ -383,9 +383,9 @@ def _default_name(sel: Selection, backend: str, checkpoint: str | None, determin
     return name
 
 
-def _check_name(name: str) -> str:
-    if not _NAME_RE.match(name) or len(name) > _NAME_MAX:
-        raise HyperrlError(f"--name {name!r}: use at most {_NAME_MAX} letters, digits and . _ = , + - "
+def check_output_name(name: str) -> str:
+    if not OUTPUT_NAME_RE.match(name) or len(name) > OUTPUT_NAME_MAX:
+        raise HyperrlError(f"--name {name!r}: use at most {OUTPUT_NAME_MAX} letters, digits and . _ = , + - "
                            "(not starting with . or -)")
     return name
 
@@ -434,7 +434,7 @@ def evaluate_run(
     if int(episodes) < 1:
         raise HyperrlError(f"--episodes must be at least 1, got {episodes}")
     if name is not None:
-        _check_name(name)
+        check_output_name(name)
     dev = parse_device(device)
     run = _load_run(run_dir, checkpoint)
     family: Family = run.family
@@ -448,7 +448,7 @@ def evaluate_run(
         sel = Selection(sel.values[keep], [s for s, k in zip(sel.splits, keep.tolist()) if k], sel.kind,
                         {**sel.detail, "restricted_to_run_variants": True}, sel.name)
     name = name or _default_name(sel, backend, checkpoint, deterministic)
-    _check_name(name)
+    check_output_name(name)
     t0 = time.perf_counter()
     stats = run_evaluation(run, sel.values, episodes, seed, backend, dev, deterministic)
     ckpt = getattr(run, "checkpoint_path", None)
