@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import helpers
 import pytest
 import torch
 
@@ -37,14 +38,7 @@ TRUE = {"force_mag": -10.0}
 
 
 def train_tiny(run_dir: Path, family: str, steps: int) -> Path:
-    from hyperrl.train import main as train_main
-
-    args = ["--env-family", family, "--total-steps", str(steps), "--device", "cpu", "--run-dir", str(run_dir),
-            "--set", f"eval.interval_steps={steps}"]
-    for item in TINY:
-        args += ["--set", item]
-    assert train_main(args) == 0
-    return run_dir
+    return helpers.train_tiny(run_dir, family, steps, TINY, eval_interval=steps)
 
 
 @pytest.fixture(scope="module")

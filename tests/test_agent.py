@@ -23,15 +23,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def slot_pattern(m: int, t: int, k: int, seed: int = 0) -> torch.Tensor:
     """[M, T] non-decreasing slots as a rollout makes them; column 0 never leaves slot 0,
     column 1 visits all K slots, the others are random."""

@@ -32,14 +32,6 @@ TINY_TRAIN = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def baseline(run_dir: Path, method: str, *extra: str, family: str = FAMILY, seed: int = 0) -> Path:
     args = ["--env-family", family, "--method", method, "--seed", str(seed), "--run-dir", str(run_dir),
             *TINY_BASELINE, *extra]

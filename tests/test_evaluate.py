@@ -20,6 +20,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import helpers
 import pytest
 import torch
 
@@ -29,10 +30,8 @@ from hyperrl.checkpoint import CheckpointError
 from hyperrl.cli import main_guard
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluate import main, run_evaluation
-from hyperrl.evaluation import evaluate_values
 from hyperrl.hypernet import functional_mlp
 from hyperrl.policy import GeneratedPolicy, HyperRun
-from hyperrl.sim import make_vec_env
 from hyperrl.sim.cartpole import BatchedCartPole
 from hyperrl.sim.pendulum import BatchedPendulum
 
@@ -45,14 +44,7 @@ TINY = [
 
 
 def train_tiny(run_dir: Path, family: str, steps: int) -> Path:
-    from hyperrl.train import main as train_main
-
-    args = ["--env-family", family, "--total-steps", str(steps), "--device", "cpu", "--run-dir", str(run_dir),
-            "--set", f"eval.interval_steps={steps // 2}"]
-    for item in TINY:
-        args += ["--set", item]
-    assert train_main(args) == 0
-    return run_dir
+    return helpers.train_tiny(run_dir, family, steps, TINY, eval_interval=steps // 2)
 
 
 @pytest.fixture(scope="module")

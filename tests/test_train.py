@@ -38,16 +38,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation, and on a shared 2-core machine
-    (another job busy) oversubscription made a 4-update run ~14x slower (9 s vs 0.7 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def argv(run_dir, total_steps, family="cartpole-mass", extra=(), seed=None):
     out = ["--env-family", family, "--total-steps", str(total_steps), "--device", "cpu",
            "--run-dir", str(run_dir)]
