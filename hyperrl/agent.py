@@ -17,7 +17,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
-from hyperrl.hypernet import HyperNetwork, functional_mlp
+from hyperrl.hypernet import TRAIN_ACT_MODULES, HyperNetwork, functional_mlp
 from hyperrl.ppo import Categorical, DiagGaussian
 from hyperrl.train_config import ModelConfig
 
@@ -44,6 +44,12 @@ class SlotRows:
         col = ar.repeat_interleave(num_slots)
         sl = torch.arange(num_slots, device=slot.device).repeat(m)
         return SlotRows(col, sl, ar.unsqueeze(1) * num_slots + slot)
+
+    @staticmethod
+    def one_each(num: int, device: torch.device) -> "SlotRows":
+        """``num`` single samples, each with its own row (M=R=num, T=1)."""
+        ar = torch.arange(num, device=device)
+        return SlotRows(ar, torch.zeros_like(ar), ar.unsqueeze(1))
 
     @staticmethod
     def used_slots(slot: torch.Tensor, num_slots: int) -> "SlotRows":
@@ -179,7 +185,7 @@ class HyperAgent(nn.Module):
                 nn.init.orthogonal_(lin.weight, 2**0.5)
                 nn.init.zeros_(lin.bias)
                 layers += [lin, _activation(cfg.activation)]
-            out = nn.Linear(sizes[-1], 1)
+            out = _ScalarLinear(sizes[-1], 1)
             nn.init.orthogonal_(out.weight, 1.0)
             nn.init.zeros_(out.bias)
             self.critic = nn.Sequential(*layers, out)
@@ -237,8 +243,20 @@ class HyperAgent(nn.Module):
         return apply_rows(critic_weights, obs, rows, self.cfg.activation).squeeze(-1)
 
 
+class _ScalarLinear(nn.Linear):
+    """``nn.Linear(in, 1)`` as a broadcast multiply and sum (same weights, same output).
+
+    Why: autograd's input gradient of a width-1 Linear is an outer-product GEMM
+    ``[B, 1] @ [1, in]`` that MKL runs ~10x slower than the equivalent broadcast multiply
+    (0.37 ms of a 6 ms minibatch at B=4096 in issue #3's profile).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.weight[0]).sum(-1, keepdim=True) + self.bias
+
+
 def _activation(name: str) -> nn.Module:
-    return {"tanh": nn.Tanh(), "relu": nn.ReLU(), "elu": nn.ELU(), "silu": nn.SiLU()}[name]
+    return TRAIN_ACT_MODULES[name]()
 
 
 @torch.no_grad()

@@ -53,6 +53,43 @@ def _all_finite(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()
 
 
+@torch.no_grad()
+def critic_values(
+    agent: HyperAgent,
+    ctx_tab: torch.Tensor,  # [N, K, C] contexts of each column's variant slots
+    obs_buf: torch.Tensor,  # [T, N, D] s_t
+    slot_buf: torch.Tensor,  # [T, N] slot that produced step t
+    final_obs_buf: torch.Tensor,  # [T, N, D] the observation step t reached (before any reset)
+    trunc_buf: torch.Tensor,  # [T, N] bool
+    obs_last: torch.Tensor,  # [N, D] s_T (the observation after the rollout)
+    slot_last: torch.Tensor,  # [N] its slot
+    slot_rows=SlotRows.used_slots,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> values [T, N] = V(s_t), next_values [T, N] = V(successor of s_t), ctx [T, N, C].
+
+    Each under the variant that produced step t. While an episode runs the successor is
+    s_{t+1} (same variant; final_obs_t == s_{t+1}); where it was truncated it is final_obs_t;
+    where it terminated it is unused (GAE drops it). So one critic pass over T+1
+    observations plus the few truncated final observations replaces a second full pass.
+    """
+    k = ctx_tab.shape[1]
+    tm = lambda x: x.transpose(0, 1)  # noqa: E731  [T, N, ...] <-> [N, T, ...]
+    slot_ext = torch.cat([slot_buf, slot_last.unsqueeze(0)])  # [T+1, N]
+    ctx_ext = gather_slots(ctx_tab, slot_ext)  # [T+1, N, C]
+    hyper = agent.critic is None
+    rows = slot_rows(tm(slot_ext), k) if hyper else None
+    cw = agent.critic_weights(ctx_tab[rows.col, rows.slot]) if rows is not None else None
+    v_ext = tm(agent.value(tm(torch.cat([obs_buf, obs_last.unsqueeze(0)])), tm(ctx_ext), rows, cw))  # [T+1, N]
+    values, next_values = v_ext[:-1], v_ext[1:].clone()
+    t_idx, n_idx = trunc_buf.nonzero(as_tuple=True)  # one host sync per update
+    if t_idx.numel():
+        fc = ctx_ext[t_idx, n_idx]  # [P, C]
+        rows1 = SlotRows.one_each(t_idx.numel(), fc.device) if hyper else None
+        v_final = agent.value(final_obs_buf[t_idx, n_idx].unsqueeze(1), fc.unsqueeze(1), rows1, agent.critic_weights(fc))
+        next_values[t_idx, n_idx] = v_final.squeeze(1)
+    return values, next_values, ctx_ext[:-1]
+
+
 def train(
     cfg: TrainConfig,
     family: Family,
@@ -264,15 +301,12 @@ def train(
                     obs = out.obs
                 global_step += batch
 
-            # -- advantages: V(s_t) and V(final_obs_t) under the variant that produced step t --
+            # -- advantages: V(s_t) and V(successor) under the variant that produced step t
+            #    (truncation bootstraps from V(final_obs_t), termination does not) --
             with record_function("hyperrl/advantages"):
-                ctx_buf = gather_slots(ctx_tab, slot_buf)  # [T, N, C]
+                values, next_values, ctx_buf = critic_values(agent, ctx_tab, obs_buf, slot_buf, final_obs_buf,
+                                                             trunc_buf, obs, slot, slot_rows)
                 tm = lambda x: x.transpose(0, 1)  # noqa: E731  [T, N, ...] <-> [N, T, ...]
-                with torch.no_grad():
-                    rows = slot_rows(tm(slot_buf), k) if agent.critic is None else None
-                    cw = agent.critic_weights(ctx_tab[rows.col, rows.slot]) if rows is not None else None
-                    values = tm(agent.value(tm(obs_buf), tm(ctx_buf), rows, cw))
-                    next_values = tm(agent.value(tm(final_obs_buf), tm(ctx_buf), rows, cw))
                 adv, returns = gae(rew_buf, values, next_values, term_buf, trunc_buf, cfg.ppo.gamma, cfg.ppo.gae_lambda)
 
             # -- update: minibatches of env columns; each visited (column, slot) variant's weights
@@ -281,17 +315,21 @@ def train(
                 stats: dict[str, list[torch.Tensor]] = {k_: [] for k_ in
                                                         ("policy", "value", "entropy", "approx_kl", "clipfrac")}
                 bad_grad = torch.zeros((), dtype=torch.bool, device=device)
+                # env-major [N, T, ...] copies, made once per update: a minibatch of columns is
+                # then a contiguous row gather instead of a strided one per tensor
+                nm = {key: tm(x).contiguous() for key, x in (("obs", obs_buf), ("slot", slot_buf), ("act", act_buf),
+                      ("ctx", ctx_buf), ("logp", logp_buf), ("adv", adv), ("values", values), ("returns", returns))}
                 for epoch in range(cfg.ppo.update_epochs):
                     perm = torch.randperm(n, device=device)
                     for mb in perm.split(mb_cols):
-                        o = tm(obs_buf[:, mb])  # [M, T, D]
-                        rows = slot_rows(tm(slot_buf[:, mb]), k)
+                        o = nm["obs"][mb]  # [M, T, D]
+                        rows = slot_rows(nm["slot"][mb], k)
                         ctx_rows = ctx_tab[mb[rows.col], rows.slot]  # [R, C]
                         dist = agent.dist_rows(agent.policy_weights(ctx_rows), o, rows)
-                        new_logp = dist.log_prob(tm(act_buf[:, mb]))
-                        new_v = agent.value(o, tm(ctx_buf[:, mb]), rows, agent.critic_weights(ctx_rows))
-                        lo = ppo_loss(new_logp.reshape(-1), tm(logp_buf[:, mb]).reshape(-1), tm(adv[:, mb]).reshape(-1),
-                                      new_v.reshape(-1), tm(values[:, mb]).reshape(-1), tm(returns[:, mb]).reshape(-1),
+                        new_logp = dist.log_prob(nm["act"][mb])
+                        new_v = agent.value(o, nm["ctx"][mb], rows, agent.critic_weights(ctx_rows))
+                        lo = ppo_loss(new_logp.reshape(-1), nm["logp"][mb].reshape(-1), nm["adv"][mb].reshape(-1),
+                                      new_v.reshape(-1), nm["values"][mb].reshape(-1), nm["returns"][mb].reshape(-1),
                                       dist.entropy().reshape(-1), cfg.ppo.clip_coef, cfg.ppo.vf_coef, cfg.ppo.ent_coef,
                                       cfg.ppo.clip_vloss, cfg.ppo.norm_adv)
                         optimizer.zero_grad(set_to_none=True)

@@ -332,3 +332,85 @@ def test_rollout_weights_track_each_envs_slot(branch_free):
         for key, w in table.items():
             expected = w.view(n, k, *w.shape[1:])[torch.arange(n), slot]
             assert torch.equal(rw.current[key], expected)
+
+
+# ---- CPU fast paths (issue #3 throughput): same numbers as the standard modules ----------
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
+def test_fast_tanh_matches_torch_tanh_values_and_gradients(dtype, tol):
+    from hyperrl.hypernet import fast_tanh
+
+    x = torch.cat([torch.linspace(-30, 30, 4001, dtype=dtype), torch.randn(4000, dtype=dtype)]).requires_grad_()
+    y = fast_tanh(x)
+    ref = torch.tanh(x.detach())
+    assert (y.detach() - ref).abs().max().item() <= tol
+    assert y.detach().abs().max().item() <= 1.0  # saturates exactly at +-1, never beyond
+    g = torch.randn_like(ref)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert torch.allclose(gx, g * (1 - ref**2), atol=10 * tol, rtol=0)
+    assert torch.isnan(fast_tanh(torch.full((2048,), float("nan"), dtype=dtype))).all()
+    xd = torch.randn(2048, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fast_tanh, (xd,))
+
+
+def test_mlp_critic_output_layer_equals_nn_linear():
+    """The critic's width-1 output layer (broadcast multiply) gives nn.Linear's output and grads."""
+    agent = make_agent(gym.spaces.Discrete(2), 4, critic="mlp")
+    out = agent.critic[-1]
+    ref = torch.nn.Linear(out.in_features, 1, dtype=DTYPE)
+    ref.load_state_dict(out.state_dict())
+    x = torch.randn(7, 5, out.in_features, dtype=DTYPE, requires_grad=True)
+    y, y_ref = out(x), ref(x)
+    assert y.shape == y_ref.shape == (7, 5, 1)
+    assert torch.allclose(y, y_ref, atol=1e-6)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [x, out.weight, out.bias], g)
+    grads_ref = torch.autograd.grad(y_ref, [x, ref.weight, ref.bias], g)
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("critic", ["mlp", "hyper"])
+@pytest.mark.parametrize("slot_rows", [SlotRows.used_slots, SlotRows.all_slots])
+def test_critic_values_equal_two_full_passes(critic, slot_rows):
+    """The trainer's one-pass bootstrap values equal V(s_t) and V(final_obs_t) computed in
+    two full passes, each under the variant that produced step t, wherever GAE uses them
+    (every step but the terminated ones), with truncations and slot changes mid-rollout."""
+    from hyperrl.train import critic_values
+
+    t_len, n, k, d, c = 9, 6, 3, 4, 2
+    agent = make_agent(CARTPOLE_SPACE, d, ctx_dim=c, critic=critic)
+    g = torch.Generator().manual_seed(3)
+    ctx_tab = torch.randn(n, k, c, generator=g, dtype=DTYPE)
+    done = torch.rand(t_len, n, generator=g) < 0.25
+    trunc = done & (torch.rand(t_len, n, generator=g) < 0.5)
+    done[2, 0] = trunc[2, 0] = True  # at least one truncation
+    done[4, 1], trunc[4, 1] = True, False  # and one termination
+    term = done & ~trunc
+    slot = torch.zeros(t_len + 1, n, dtype=torch.long)
+    for t in range(t_len):
+        slot[t + 1] = torch.where(done[t], (slot[t] + 1).clamp(max=k - 1), slot[t])
+    obs = torch.randn(t_len + 1, n, d, generator=g, dtype=DTYPE)  # s_0 .. s_T (s_{t+1} after a reset if done)
+    final = torch.where(done.unsqueeze(-1), torch.randn(t_len, n, d, generator=g, dtype=DTYPE), obs[1:])
+
+    values, next_values, ctx = critic_values(agent, ctx_tab, obs[:-1], slot[:-1], final, trunc, obs[-1], slot[-1],
+                                             slot_rows)
+
+    ctx_ref = ctx_tab[torch.arange(n), slot[:-1]]  # [T, N, C]
+    with torch.no_grad():
+        if critic == "mlp":
+            v_ref = agent.value(obs[:-1].transpose(0, 1), ctx_ref.transpose(0, 1)).t()
+            nv_ref = agent.value(final.transpose(0, 1), ctx_ref.transpose(0, 1)).t()
+        else:  # per-sample loop through each variant's generated critic
+            v_ref = torch.zeros(t_len, n, dtype=DTYPE)
+            nv_ref = torch.zeros(t_len, n, dtype=DTYPE)
+            for t in range(t_len):
+                for i in range(n):
+                    w = agent.critic_weights(ctx_ref[t, i].unsqueeze(0))
+                    rows = SlotRows.one_each(1, torch.device("cpu"))
+                    v_ref[t, i] = agent.value(obs[t, i].view(1, 1, d), None, rows, w)[0, 0]
+                    nv_ref[t, i] = agent.value(final[t, i].view(1, 1, d), None, rows, w)[0, 0]
+    assert torch.equal(ctx, ctx_ref)
+    assert torch.allclose(values, v_ref, atol=1e-10)
+    used = ~term
+    assert torch.allclose(next_values[used], nv_ref[used], atol=1e-10)
+    assert trunc.any() and term.any() and (slot[-1] > 0).any()
