@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.profiler import record_function
@@ -95,9 +95,16 @@ def train(
     family: Family,
     run_dir: Path,
     resume: dict[str, Any] | None = None,
+    init: dict[str, Any] | None = None,
+    sample: Callable[[int, torch.Generator, torch.device, torch.dtype], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Run PPO on ``family`` with ``cfg``, writing TensorBoard events, checkpoints and
-    ``metrics.json`` into ``run_dir``. ``resume`` is a loaded 'latest' checkpoint."""
+    ``metrics.json`` into ``run_dir``. ``resume`` is a loaded 'latest' checkpoint.
+
+    ``init`` (a checkpoint payload: its ``hypernet`` entry, the agent state) starts from a
+    trained agent with a fresh optimiser; ``sample(n, generator, device, dtype) -> [n, P]``
+    replaces the family's train distribution (the context transform stays the family's).
+    Both serve ``hyperrl.adapt --mode sim`` (fine-tuning at identified parameters)."""
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
@@ -115,6 +122,7 @@ def train(
     # ---- environments, variants, agent --------------------------------------------------
     # Explicit generators (design rule 9): parameter draws and policy sampling have their own
     # streams, so changing one (e.g. eval settings) never shifts the other.
+    sample = sample or family.sample
     param_gen = make_generator(cfg.seed, device)
     action_gen = make_generator(cfg.seed + 1, device)
     env = make_vec_env(family, n, device=device, dtype=dtype, seed=cfg.seed, backend=cfg.env.backend)
@@ -130,7 +138,9 @@ def train(
     time_to_target: float | None = None
     steps_to_target: int | None = None
     elapsed_before = 0.0
-    obs = env.reset(params=family.sample(n, param_gen, device, dtype), seed=cfg.seed)
+    obs = env.reset(params=sample(n, param_gen, device, dtype), seed=cfg.seed)
+    if init is not None:
+        agent.load_state_dict(init["hypernet"])
     if resume is not None:
         agent.load_state_dict(resume["hypernet"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -147,7 +157,7 @@ def train(
             env.generator.set_state(es["generator"].cpu())
             obs = env.observe(env.state)
         else:  # generic backend: gymnasium envs cannot be snapshotted; start fresh episodes
-            obs = env.reset(params=family.sample(n, param_gen, device, dtype), seed=cfg.seed + update0)
+            obs = env.reset(params=sample(n, param_gen, device, dtype), seed=cfg.seed + update0)
 
     # purge_step: a resumed run overwrites any events logged after its checkpoint.
     writer = SummaryWriter(str(run_dir), purge_step=global_step if resume is not None else None)
@@ -260,7 +270,7 @@ def train(
             # Variant slots for this rollout: slot 0 is each env's current variant (its episode
             # continues), slots 1..K-1 are fresh draws it moves to as its episodes end.
             params_tab = torch.cat([env.params.unsqueeze(1),
-                                    family.sample(n * (k - 1), param_gen, device, dtype).view(n, k - 1, -1)], 1)
+                                    sample(n * (k - 1), param_gen, device, dtype).view(n, k - 1, -1)], 1)
             ctx_tab = family.context(params_tab).to(dtype)  # [N, K, C]
             slot = torch.zeros(n, dtype=torch.long, device=device)
             env.next_params = params_tab[:, 1]

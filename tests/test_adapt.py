@@ -98,7 +98,7 @@ def test_run_episodes_records_and_counts():
     assert b.used == 3  # refused before running
 
 
-@pytest.mark.parametrize("line", ["context", "weights", "hypernet", "scratch"])
+@pytest.mark.parametrize("line", ["context", "weights", "hypernet", "sim", "scratch"])
 def test_budget_is_counted_exactly(source, line, monkeypatch):
     """Independent count: every env the adapter creates is an episode it can observe."""
     created = []
@@ -114,7 +114,7 @@ def test_budget_is_counted_exactly(source, line, monkeypatch):
         if line == "scratch":
             res = adapt_reference(source, "scratch", v(TRUE), k, seed=1)
         else:
-            cfg = AdaptConfig(episodes_per_update=3)  # batches of 3, the last one cut to fit
+            cfg = AdaptConfig(episodes_per_update=3, sim_steps=2048)  # batches of 3, the last one cut to fit
             res = adapt_mode(source, line, v(TRUE), None if line == "context" else v(TOLD), k, cfg, seed=1)
         assert res.budget.used == k == sum(created), (line, k, created)
         assert res.budget.env_steps == sum(e["steps"] for e in res.budget.log)
@@ -133,6 +133,23 @@ def test_each_mode_improves_mismatched_variant(source, mode):
     assert float(after.mean()) > float(zero.mean()) + 100, (mode, zero, after, res.info)
     # system identification found the reversed motor from the recorded transitions
     assert res.info["identified_values"][0] == pytest.approx(-10.0, rel=0.02)
+
+
+def test_sim_mode_identifies_then_finetunes_in_simulation(source):
+    """sim: one real episode identifies the reversed motor, the agent is trained further in
+    the simulator at the identified value (no episodes), the real-env check keeps it."""
+    cfg = AdaptConfig(sim_steps=4096)
+    zero = evaluate_policy(source.family, adapt_mode(source, "sim", v(TRUE), v(TOLD), 0, cfg).policy, v(TRUE), 4)
+    res = adapt_mode(source, "sim", v(TRUE), v(TOLD), 2, cfg, seed=0)
+    after = evaluate_policy(source.family, res.policy, v(TRUE), 4)
+    assert res.budget.used == 2 and res.budget.env_steps == sum(e["steps"] for e in res.budget.log)
+    assert res.info["identified_values"][0] == pytest.approx(-10.0, rel=0.02)
+    assert res.info["sim_values"][0] == pytest.approx(-10.0, rel=0.02)
+    assert res.info["sim_steps"] >= 4096 and res.info["kept"] in ("sim", "zero-shot")
+    assert float(zero.mean()) < 30 and float(after.mean()) > float(zero.mean()) + 100, (zero, after, res.info)
+    if res.info["kept"] == "sim":  # the saved agent differs from the source: it was trained
+        src = source.agent.state_dict()
+        assert any(not torch.equal(res.hypernet_state[k], src[k].cpu()) for k in src)
 
 
 def test_context_search_without_identification_tries_both_signs(source):
