@@ -165,7 +165,7 @@ def test_context_search_without_identification_tries_both_signs(source):
 
 def test_ppo_update_improves_without_identification(source):
     """The PPO path alone (no identification, no restart) learns on the reversed motor."""
-    cfg = AdaptConfig(identify=False)
+    cfg = AdaptConfig(identify=False, hypernet_lr=1e-3)
     res = adapt_mode(source, "hypernet", v(TRUE), v(TOLD), 20, cfg, seed=0)
     zero = evaluate_policy(source.family, adapt_mode(source, "hypernet", v(TRUE), v(TOLD), 0).policy, v(TRUE), 4)
     after = evaluate_policy(source.family, res.policy, v(TRUE), 4)
