@@ -49,9 +49,10 @@ Modes (``--mode``; ``all`` runs the four):
   ``+-sim_spread`` of the identified values; simulated steps cost no episodes. Episodes
   2..K run the fine-tuned policy in the real env (the first from the zero-shot episode's
   start), and it is kept unless it does worse than the zero-shot episode both from that
-  shared start and clearly on average (mean + 2 standard errors below it). Its cost is compute, and its result is only as
-  good as the simulator: in hyperrl's own benchmarks the simulator *is* the target env, so
-  this mode shows what a perfect model gives, not few-episode sample efficiency.
+  shared start and clearly on average (mean + 2 standard errors below it). Its cost is
+  compute, and its result is only as good as the simulator: in hyperrl's own benchmarks the
+  simulator *is* the target env, so this mode shows what a perfect model gives, not
+  few-episode sample efficiency.
 
 System identification (``identify``, on by default, families with a batched simulator):
 the transitions (s, a, s') the adapter has recorded are replayed one step through the
@@ -607,9 +608,11 @@ def _space_bounds(space: gym.spaces.Space, dtype: torch.dtype, device: torch.dev
             torch.as_tensor(space.high, dtype=dtype, device=device))
 
 
-def generated_policy(source: Any, values: torch.Tensor, device: torch.device | str = "cpu") -> WeightsPolicy:
-    """The frozen hypernetwork's policy for ``values`` [P] (any values, also extrapolated)."""
-    agent = source.agent_on(device)
+def generated_policy(source: Any, values: torch.Tensor, device: torch.device | str = "cpu",
+                     agent: Any = None) -> WeightsPolicy:
+    """The frozen hypernetwork's policy for ``values`` [P] (any values, also extrapolated);
+    ``agent`` (default: the run's own) generates it, e.g. a fine-tuned copy."""
+    agent = source.agent_on(device) if agent is None else agent
     dev = next(agent.parameters()).device
     ctx = source.family.context(torch.as_tensor(values, dtype=torch.float64).reshape(1, -1)).to(dev, source.dtype)
     with torch.no_grad():
@@ -1201,12 +1204,6 @@ def sim_finetune(source: Any, values: torch.Tensor, cfg: AdaptConfig, seed: int,
                                                             "extrapolation": metrics["eval_extrapolation_return"]}}
 
 
-def _policy_of(agent: Any, source: Any, values: torch.Tensor, device: torch.device) -> WeightsPolicy:
-    view = SimpleNamespace(agent_on=lambda _dev: agent, family=source.family, dtype=source.dtype,
-                           action_space=source.action_space)
-    return generated_policy(view, values, device)
-
-
 def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidden: bool, budget: EpisodeBudget,
                cfg: AdaptConfig, seed: int, dev: torch.device, use_sysid: bool, t0: float) -> "AdaptResult":
     """Episode 1: the zero-shot policy (deterministic) at the believed values; its transitions
@@ -1223,7 +1220,8 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
     info: dict[str, Any] = {"start_values": belief.tolist(), "identified_values": None, "episode_returns": []}
     if budget.remaining == 0:
         return AdaptResult("sim", zero, budget, info, ctx_of(belief), belief, wall_s=time.perf_counter() - t0)
-    eps = run_episodes(family, env_values, zero.step_fn(True, None), 1, budget, seed=ADAPT_SEED + 1000 * int(seed),
+    seed0 = ADAPT_SEED + 1000 * int(seed)
+    eps = run_episodes(family, env_values, zero.step_fn(True, None), 1, budget, seed=seed0,
                        purpose="sim: zero-shot episode (identification)", device=dev)
     r_zero = float(eps.returns[0])
     info["episode_returns"].append(r_zero)
@@ -1236,13 +1234,12 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
                 values = ident.values
     agent, sim_info = sim_finetune(source, values, cfg, seed, dev)
     info.update(sim_info, sim_values=values.tolist())
-    tuned = _policy_of(agent, source, values, dev)
+    tuned = generated_policy(source, values, dev, agent=agent)
     state = {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}
     res = AdaptResult("sim", tuned, budget, info, ctx_of(values), values, hypernet_state=state)
     if budget.remaining > 0:
         # The first check starts where the zero-shot episode started (same seed): a paired
         # comparison, since Pendulum's return varies by hundreds with the start state.
-        seed0 = ADAPT_SEED + 1000 * int(seed)
         paired = run_episodes(family, env_values, tuned.step_fn(True, None), 1, budget, seed=seed0,
                               purpose="sim: check in the real env (zero-shot's start)", device=dev)
         rets = [float(paired.returns[0])]

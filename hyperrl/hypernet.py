@@ -103,7 +103,7 @@ class _SigmoidTanh(torch.autograd.Function):
     Why: on CPU, ATen's vectorised ``tanh`` costs ~2 ns/element here while ``sigmoid``
     costs ~0.2 (AVX-512 build, measured in issue #3's profile, where tanh was ~20% of
     training time); the identity is exact up to float rounding (max |error| 1.8e-7 in
-    float32, 3e-16 in float64, checked in tests/test_hypernet.py).
+    float32, 3e-16 in float64, checked in tests/test_agent.py).
     """
 
     @staticmethod
