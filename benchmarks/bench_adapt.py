@@ -8,9 +8,12 @@ For each family (a pre-trained ``hyperrl`` run per ``--run``; families without o
 here with ``--train-steps N`` on the family's default config, or with tiny settings under
 ``--fast``):
 
-* the **extrapolation** held-out variants; for CartPole families only those whose zero-shot
-  return is below the family's success return (475); Pendulum: all (``--max-variants``
-  thins any family's list, evenly spaced);
+* the **extrapolation** held-out variants (plus, with ``--grid N``, the points of an N-per-
+  parameter grid across the physical bounds that lie outside the train range); for CartPole
+  families only those whose zero-shot return is below the family's success return (475);
+  Pendulum: all (``--max-variants`` thins any family's list, evenly spaced). ``--checkpoint
+  latest`` adapts each run's final checkpoint instead of its best-by-held-out one (a run's
+  best checkpoint often balances every held-out variant, leaving nothing to adapt);
 * each mode (``--modes``, default all three) and the references (``scratch``; ``dr-finetune``
   when ``--dr FAMILY=DIR`` is given, otherwise skipped and said so) with budgets
   ``--budgets`` (default 0,1,2,5,10), every budget an independent adaptation evaluated on
@@ -192,7 +195,7 @@ def hidden_section(md: list[str], fam: Any, run_dir: Path, args: Any, cfg: Any, 
         for row in thin(list(fam.heldout_values(split)), args.max_variants and 2 * args.max_variants):
             res = adapt(run_dir, fam.as_dict(row), episodes=hk, modes=["context"], hidden=True,
                         seed=args.seed, budgets=args.hidden_budgets, eval_episodes=args.eval_episodes,
-                        config=cfg, references=False, save=False)
+                        config=cfg, references=False, save=False, checkpoint=args.checkpoint)
             pts = res["curves"]["context"]
             by = {pt["budget"]: pt for pt in pts}
             ok = reached(pts, thr, 3) is not None
@@ -234,6 +237,11 @@ def main() -> int:
                    help="adaptation setting (hyperrl.adapt --set)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
+                   help="which checkpoint of each --run is adapted (best: by held-out return)")
+    p.add_argument("--grid", type=int, default=0, metavar="N",
+                   help="also consider the extrapolation points of Family.grid(N) (N per parameter across the "
+                        "physical bounds, outside the train range) as candidate variants")
     args = p.parse_args()
 
     torch.set_num_threads(max(1, args.threads))
@@ -273,7 +281,7 @@ def main() -> int:
         dr_dir = drs.get(fam_name)
         if dr_dir is None and args.fast:
             dr_dir = train_dr(fam_name, out, 512, args.seed)
-        source = HyperRun(run_dir)
+        source = HyperRun(run_dir, checkpoint=args.checkpoint)
         fam = source.family
         thr = fam.success_return
         fam_res: dict[str, Any] = {"run": str(run_dir), "dr": str(dr_dir) if dr_dir else None, "variants": []}
@@ -283,13 +291,17 @@ def main() -> int:
 
         # ---- variants: extrapolation, zero-shot below the success return (CartPole) ----
         cands = fam.heldout_values("extrapolation")
+        if args.grid:
+            g = fam.grid(args.grid)
+            cands = torch.cat([cands, g[~fam.in_train_range(g)]])
         selected = []
         for row in cands:
             zs = evaluate_policy(fam, generated_policy(source, row), row, args.eval_episodes)
             z = float(zs.mean())
             if thr is None or z < thr:
                 selected.append((row, z))
-        note = (f"{len(selected)} of {cands.shape[0]} extrapolation variants have zero-shot < {thr:g}"
+        note = (f"{len(selected)} of {cands.shape[0]} extrapolation variants{' (held-out + grid)' if args.grid else ''}"
+                f" have zero-shot < {thr:g} ({args.checkpoint} checkpoint)"
                 if thr is not None else f"{cands.shape[0]} extrapolation variants")
         selected = thin(selected, args.max_variants)
         print(f"  {note}; adapting {len(selected)}")
@@ -300,7 +312,8 @@ def main() -> int:
         for row, z in selected:
             t0 = time.perf_counter()
             res = adapt(run_dir, fam.as_dict(row), episodes=k, modes=modes, seed=args.seed, dr=dr_dir,
-                        budgets=args.budgets, eval_episodes=args.eval_episodes, config=cfg, save=False)
+                        budgets=args.budgets, eval_episodes=args.eval_episodes, config=cfg, save=False,
+                        checkpoint=args.checkpoint)
             entry = {"values": fam.as_dict(row), "zero_shot": z, "curves": res["curves"], "notes": res["notes"]}
             if oracle_run is not None:
                 try:

@@ -1374,9 +1374,10 @@ def _forgetting(source: Any, agent: Any, device: torch.device, episodes: int = 1
 # Orchestration: budgets, lines, outputs
 # ======================================================================================
 def budgets_for(k: int, budgets: Sequence[int] | None = None) -> list[int]:
-    """The budgets to report: ``budgets`` (default 0, 1, 2, 5, 10) up to ``k``, plus ``k``."""
+    """The budgets to report: ``budgets`` (default 0, 1, 2, 5, 10) up to ``k``, plus 0 (the
+    zero-shot return every output reports) and ``k``."""
     base = DEFAULT_BUDGETS if budgets is None else budgets
-    out = sorted({int(b) for b in base if 0 <= int(b) <= k} | {int(k)})
+    out = sorted({int(b) for b in base if 0 <= int(b) <= k} | {0, int(k)})
     return out
 
 
@@ -1873,7 +1874,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "dr-finetune reference (skipped when not given)")
     parser.add_argument("--no-references", action="store_true", help="skip the scratch and dr-finetune references")
     parser.add_argument("--budgets", default=None, metavar="B1,B2,...",
-                        help="budgets to report (default 0,1,2,5,10 up to K; K is always added)")
+                        help="budgets to report (default 0,1,2,5,10 up to K; 0 and K are always added)")
     parser.add_argument("--eval-episodes", type=int, default=10,
                         help="fresh evaluation episodes per reported budget (not counted)")
     parser.add_argument("--name", default=None, help="output folder name under RUN_DIR/adapt/")

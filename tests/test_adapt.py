@@ -254,6 +254,19 @@ def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
     assert "already exists" in err
 
 
+def test_budgets_without_zero_still_report_zero_shot(actuator_run, capsys):
+    """--budgets 2 (no 0): the zero-shot return is still measured and written (it crashed the
+    TensorBoard writer once, after the adaptation had run)."""
+    assert adapt_mod.budgets_for(3, [2]) == [0, 2, 3]
+    rc = main_guard(adapt_mod.main)([str(actuator_run), "--values", "force_mag=-10", "--episodes", "2",
+                                     "--mode", "weights", "--budgets", "2", "--eval-episodes", "2",
+                                     "--no-references", "--name", "nozero"])
+    assert rc == 0
+    m = json.loads((actuator_run / "adapt" / "nozero" / "metrics.json").read_text())
+    assert set(m["returns"]) == {"0", "2"} and m["zero_shot_return"] == m["returns"]["0"]
+    assert isinstance(m["zero_shot_return"], float)
+
+
 def test_dr_finetune_reference(actuator_run, tmp_path):
     from hyperrl.baselines import main as baselines_main
 
