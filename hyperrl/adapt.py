@@ -1710,7 +1710,7 @@ def adapt(
             "family": family.name, "mode": m, "values": family.as_dict(env_values), "hidden": hidden,
             "env_steps": res.budget.env_steps, "episodes_used": res.budget.used, "budget": episodes,
             "wall_clock_s": wall, "adapt_seconds": res.wall_s,
-            "zero_shot_return": pts[0]["return_mean"] if pts[0]["budget"] == 0 else None,
+            "zero_shot_return": pts[0]["return_mean"],  # budgets_for always starts at budget 0
             "final_return": final_pt["return_mean"],
             "returns": {str(p["budget"]): p["return_mean"] for p in pts},
             "eval_episodes": int(eval_episodes), "eval_seed": EVAL_SEED,

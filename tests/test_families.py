@@ -217,24 +217,15 @@ def test_bad_bounds_and_choices():
         family_from_dict(raw)
 
 
-def test_interpolation_point_outside_train_range():
+@pytest.mark.parametrize("split, value, match", [
+    ("interpolation", 0.7, r"heldout\.interpolation.*masspole=0\.7.*outside the train range"),
+    ("extrapolation", 0.2, r"heldout\.extrapolation.*masspole=0\.2.*inside the train range"),
+    ("extrapolation", 5.0, r"heldout\.extrapolation.*masspole=5.*physical bounds"),
+])
+def test_heldout_point_in_the_wrong_place(split, value, match):
     raw = raw_builtin("cartpole-mass")
-    raw["heldout"]["interpolation"]["values"].append(0.7)
-    with pytest.raises(FamilyError, match=r"heldout\.interpolation.*masspole=0\.7.*outside the train range"):
-        family_from_dict(raw)
-
-
-def test_extrapolation_point_inside_train_range():
-    raw = raw_builtin("cartpole-mass")
-    raw["heldout"]["extrapolation"]["values"].append(0.2)
-    with pytest.raises(FamilyError, match=r"heldout\.extrapolation.*masspole=0\.2.*inside the train range"):
-        family_from_dict(raw)
-
-
-def test_heldout_point_outside_physical_bounds():
-    raw = raw_builtin("cartpole-mass")
-    raw["heldout"]["extrapolation"]["values"].append(5.0)
-    with pytest.raises(FamilyError, match=r"heldout\.extrapolation.*masspole=5.*physical bounds"):
+    raw["heldout"][split]["values"].append(value)
+    with pytest.raises(FamilyError, match=match):
         family_from_dict(raw)
 
 
