@@ -107,6 +107,7 @@ import torch
 from torch import nn
 
 from hyperrl.api import Values, read_run_info, register_loader
+from hyperrl.config import _SCI_RE
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
 from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
@@ -199,6 +200,10 @@ class AdaptConfig:
                 value = yaml.safe_load(text)
             except yaml.YAMLError:
                 value = text
+            if isinstance(value, str) and _SCI_RE.match(value.strip()):
+                value = float(value)  # YAML 1.1 reads 3e-3 (no dot) as a string
+                if value.is_integer() and isinstance(getattr(cfg, key), int):
+                    value = int(value)
             default = getattr(cfg, key)
             if isinstance(default, bool):
                 if not isinstance(value, bool):

@@ -24,6 +24,7 @@ from hyperrl import adapt as adapt_mod
 from hyperrl.adapt import (AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt, adapt_mode,
                            adapt_reference, evaluate_policy, identify, run_episodes)
 from hyperrl.cli import main_guard
+from hyperrl.errors import HyperrlError
 from hyperrl.families import load_family
 from hyperrl.policy import HyperRun
 
@@ -302,3 +303,12 @@ def test_bad_input_one_line_error_nothing_written(actuator_run, capsys, args, ne
 def test_not_a_hyperrl_run(tmp_path, capsys):
     err = expect_error(capsys, tmp_path / "nope", "--values", "force_mag=10")
     assert "does not exist" in err
+
+
+def test_adapt_set_reads_scientific_notation():
+    # YAML 1.1 reads "3e-3" (no dot) as a string; --set must take it as the number
+    cfg = AdaptConfig.from_overrides(["lr=3e-3", "sim_steps=2e5", "target_kl=null", "identify=false"])
+    assert cfg.lr == pytest.approx(3e-3) and cfg.sim_steps == 200_000 and isinstance(cfg.sim_steps, int)
+    assert cfg.target_kl is None and cfg.identify is False
+    with pytest.raises(HyperrlError, match="lr"):
+        AdaptConfig.from_overrides(["lr=-1e-3"])
