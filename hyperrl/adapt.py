@@ -1865,7 +1865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                "dr-finetune (--dr). Outputs: RUN_DIR/adapt/<name>/ (loadable by hyperrl.load).")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run dir written by python -m hyperrl.train")
     parser.add_argument("--values", action="append", required=True, metavar="NAME=V",
-                        help="the variant: one value per parameter (repeat for each parameter)")
+                        help="the variant: one value per parameter (repeat for each parameter, or all in "
+                             "one: m=2,l=0.8)")
     parser.add_argument("--episodes", type=int, default=10, metavar="K",
                         help="adaptation budget: environment episodes, all uses counted")
     parser.add_argument("--mode", default="context",

@@ -12,8 +12,8 @@ Works for every method (``hyperrl``, ``dr``, ``concat``, ``oracle``, ``adapted``
 What is evaluated (one of):
 
 * default / ``--split``: the family's fixed held-out values (both splits by default);
-* ``--values NAME=V1,V2,...`` (repeatable, one per parameter; every parameter of the family
-  must be given): the cartesian product of the listed values. Values inside the physical
+* ``--values NAME=V1,V2,...`` (repeatable, one per parameter, or all in one:
+  ``--values m=0.3,2,l=0.5``; every parameter of the family must be given): the cartesian product of the listed values. Values inside the physical
   bounds but outside the train range are allowed and marked ``extrapolation``; values
   outside the physical bounds are refused;
 * ``--grid N``: :meth:`Family.grid` (N points per parameter across the physical bounds).
@@ -93,13 +93,30 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
+def _split_named(items: Sequence[str]) -> list[str]:
+    """``["m=2.5,l=0.8"]`` -> ``["m=2.5", "l=0.8"]``: within one item, a comma-separated part
+    holding ``=`` starts the next parameter (``m=0.5,1,l=0.8`` -> ``m=0.5,1`` and ``l=0.8``)."""
+    out: list[str] = []
+    for item in items:
+        parts = str(item).split(",")
+        cur: list[str] = []
+        for part in parts:
+            if "=" in part and cur:
+                out.append(",".join(cur))
+                cur = []
+            cur.append(part)
+        out.append(",".join(cur))
+    return out
+
+
 def parse_values(family: Family, items: Sequence[str]) -> tuple[torch.Tensor, dict[str, list[float]]]:
-    """``["masspole=0.02,0.7", "length=0.3,0.6"]`` -> the cartesian product ``[M, P]`` (in the
+    """``["masspole=0.02,0.7", "length=0.3,0.6"]`` (or the same in one item,
+    ``"masspole=0.02,0.7,length=0.3,0.6"``) -> the cartesian product ``[M, P]`` (in the
     family's parameter order) and the per-parameter lists. Every parameter of the family
     must be given (for a one-parameter family the name may be left out: ``0.02,0.7``)."""
     names = family.param_names
     given: dict[str, list[float]] = {}
-    for item in items:
+    for item in _split_named(items):
         text = str(item).strip()
         if "=" in text:
             name, _, rest = text.partition("=")
@@ -439,14 +456,21 @@ def evaluate_run(
     run = _load_run(run_dir, checkpoint)
     family: Family = run.family
     sel = select_values(family, split, values, grid)
-    own = getattr(run, "variants", None)  # a per-variant method (oracle) acts on these alone
+    own = getattr(run, "variants", None)  # a per-variant method (oracle, adapted) acts on these alone
     if own is not None and sel.kind == "heldout":
         keep = torch.isclose(sel.values[:, None, :], own[None].to(sel.values.dtype), rtol=1e-9, atol=0.0)
         keep = keep.all(-1).any(-1)
-        if not bool(keep.any()):
-            raise HyperrlError(f"{run_dir} has policies only for other variants than the '{split}' held-out set")
-        sel = Selection(sel.values[keep], [s for s, k in zip(sel.splits, keep.tolist()) if k], sel.kind,
-                        {**sel.detail, "restricted_to_run_variants": True}, sel.name)
+        if not bool(keep.any()) and split is None:
+            # nothing chosen and none of its variants is held out (an adapted run's variant
+            # usually is not): evaluate the run's own variants
+            v = own.to(torch.float64).reshape(-1, len(family.param_names))
+            sel = Selection(v, family.split_of(v), "run_variants", {"run_variants": v.tolist()}, "run-variants")
+        elif not bool(keep.any()):
+            raise HyperrlError(f"{run_dir} has policies only for other variants than the '{split or 'all'}' "
+                               "held-out set; run without --split to evaluate its own variants, or give --values")
+        else:
+            sel = Selection(sel.values[keep], [s for s, k in zip(sel.splits, keep.tolist()) if k], sel.kind,
+                            {**sel.detail, "restricted_to_run_variants": True}, sel.name)
     name = name or _default_name(sel, backend, checkpoint, deterministic)
     check_output_name(name)
     t0 = time.perf_counter()
@@ -481,8 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--split", choices=(*SPLITS, "all"), default=None,
                        help="the family's held-out values (used when no selection is given: all)")
     group.add_argument("--values", action="append", metavar="NAME=V1,V2,...", default=None,
-                       help="values of one parameter (repeat for every parameter; the grid is their "
-                            "cartesian product)")
+                       help="values of one parameter (repeat for every parameter, or all in one: "
+                            "m=0.3,2,l=0.5; the grid is their cartesian product)")
     group.add_argument("--grid", type=int, metavar="N", default=None,
                        help="N points per parameter across the physical bounds")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per variant")

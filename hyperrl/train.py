@@ -118,6 +118,10 @@ def train(
     batch = n * t_len
     num_updates = max(1, math.ceil(cfg.total_steps / batch))
     mb_cols = max(1, n // cfg.ppo.num_minibatches)
+    if cfg.total_steps % batch and resume is None:
+        # a PPO update needs a whole rollout of N x T steps: say so instead of silently overshooting
+        print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
+              f"{batch:,}; training runs {num_updates:,} update(s) = {num_updates * batch:,} steps", file=sys.stderr)
 
     # ---- environments, variants, agent --------------------------------------------------
     # Explicit generators (design rule 9): parameter draws and policy sampling have their own

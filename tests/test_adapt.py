@@ -312,3 +312,20 @@ def test_adapt_set_reads_scientific_notation():
     assert cfg.target_kl is None and cfg.identify is False
     with pytest.raises(HyperrlError, match="lr"):
         AdaptConfig.from_overrides(["lr=-1e-3"])
+
+
+def test_evaluate_adapted_run_defaults_to_its_own_variant(actuator_run, tmp_path):
+    from hyperrl.evaluate import evaluate_run
+
+    res = adapt(actuator_run, {"force_mag": -11.0}, episodes=1, modes="context", references=False,
+                eval_episodes=1, budgets=[1], name="own-variant")
+    out = Path(res["dirs"]["context"])
+    results, path = evaluate_run(out, episodes=1, backend="batched", write=False)
+    assert results["settings"]["selection"]["kind"] == "run_variants"  # -11 N is no held-out value
+    assert [r["values"] for r in results["variants"]] == [{"force_mag": -11.0}]
+    # a held-out split chosen explicitly, with none of the run's variants in it: one clear error
+    with pytest.raises(HyperrlError, match="run without --split to evaluate its own variants"):
+        evaluate_run(out, split="interpolation", episodes=1, write=False)
+    # chosen values are evaluated as given
+    results, _ = evaluate_run(out, values=["force_mag=-11,-12"], episodes=1, backend="batched", write=False)
+    assert len(results["variants"]) == 2

@@ -429,3 +429,18 @@ def test_any_method_through_api_load(cartpole_run, tmp_path, capsys):
         assert tree_hash(run) == before
     finally:
         hyperrl.api._LOADERS.pop("other-test", None)
+
+
+def test_parse_values_all_parameters_in_one_item():
+    from hyperrl.evaluate import parse_values
+    from hyperrl.families import load_family
+
+    fam = load_family("pendulum-mass-length")
+    one, lists = parse_values(fam, ["m=0.3,2,l=0.8"])
+    two, _ = parse_values(fam, ["m=0.3,2", "l=0.8"])
+    assert torch.equal(one, two) and lists == {"m": [0.3, 2.0], "l": [0.8]}
+    assert one.tolist() == [[0.3, 0.8], [2.0, 0.8]]
+    with pytest.raises(HyperrlError, match="given twice"):
+        parse_values(fam, ["m=1,l=1,m=2"])
+    with pytest.raises(HyperrlError, match="'x' is not a number"):
+        parse_values(fam, ["m=1,x,l=1"])

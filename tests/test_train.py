@@ -454,3 +454,13 @@ def test_acrobot_generic_backend_trains(tmp_path):
     assert m["updates"] == 1
     assert -500.0 <= m["eval_interpolation_return"] <= 0.0  # -1 per step, 500-step limit
     assert payload["extra"].get("env") is None  # gymnasium envs are not snapshotted
+
+
+def test_total_steps_rounded_up_to_whole_updates_is_said(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(argv(run, BATCH + 1)) == 0
+    err = capsys.readouterr().err
+    assert f"training runs 2 update(s) = {2 * BATCH:,} steps" in err
+    assert json.loads((run / "metrics.json").read_text())["env_steps"] == 2 * BATCH
+    assert main(argv(tmp_path / "exact", BATCH)) == 0
+    assert "not a multiple" not in capsys.readouterr().err
