@@ -16,6 +16,7 @@ every change.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 import operator
@@ -107,6 +108,60 @@ def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any]) -> Any:
 def expr_names(tree: ast.Expression) -> set[str]:
     """The attribute names an expression reads."""
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+# --------------------------------------------------------------------------------------
+# Cached attributes: self.a = f(self.p) in the env's __init__ (design rule 2)
+# --------------------------------------------------------------------------------------
+class _SelfToName(ast.NodeTransformer):
+    """``self.x`` -> ``x`` (the form a family's ``derived`` expression takes)."""
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.value, ast.Name) and node.value.id == "self":
+            return ast.copy_location(ast.Name(id=node.attr, ctx=ast.Load()), node)
+        return self.generic_visit(node)
+
+
+@functools.lru_cache(maxsize=None)
+def init_computed_attributes(env_cls: type) -> dict[str, str]:
+    """``{attr: expression}`` for every ``self.attr = <expr of other self.* attributes>`` in
+    the ``__init__`` of ``env_cls`` and its bases (their source, parsed; nothing runs).
+
+    Such an attribute is computed once: setting an attribute it reads afterwards leaves it
+    stale, as Gymnasium's CartPole ``total_mass = masspole + masscart`` (the CARL/RLlib bug).
+    Expressions are given with ``self.`` removed; only those a family's ``derived`` section
+    can hold (numbers, names, + - * / **) are returned.
+    """
+    import inspect
+    import textwrap
+
+    out: dict[str, str] = {}
+    for klass in reversed(env_cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or klass.__module__.startswith(("builtins", "gymnasium.core")):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
+        except (OSError, TypeError, SyntaxError):  # no source (C extension, frozen module)
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if not (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"):
+                    continue
+                reads = [n for n in ast.walk(node.value) if isinstance(n, ast.Attribute)
+                         and isinstance(n.value, ast.Name) and n.value.id == "self"]
+                if not reads:
+                    continue
+                expr = ast.unparse(_SelfToName().visit(ast.parse(ast.unparse(node.value), mode="eval")))
+                try:
+                    _check_expr(expr, "")
+                except FamilyError:
+                    continue
+                out[t.attr] = expr
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -374,6 +429,60 @@ class Family:
         self.apply(env, values)
         return env
 
+    def stale_attributes(self) -> list[tuple[str, str, str]]:
+        """Attributes that would go stale: ``[(attr, expression, parameter)]``.
+
+        An attribute qualifies when the env's ``__init__`` computes it from a varying
+        parameter (:func:`init_computed_attributes`), the family neither varies, fixes nor
+        derives it, and the dynamics read it: scaling it changes one step's outcome from the
+        same state and action. Each is a physics bug the family must fix with a ``derived``
+        entry; :func:`load_family` refuses such a family.
+        """
+        import copy
+
+        import gymnasium as gym
+
+        try:
+            env = gym.make(self.env_id, **dict(self.env_kwargs))
+        except Exception:  # unknown id etc.: reported where the env is made, not here
+            return []
+        try:
+            computed = init_computed_attributes(type(env.unwrapped))
+            declared = set(self.param_names) | set(self.fixed) | set(self.derived)
+            found = []
+            for attr, expr in computed.items():
+                reads = expr_names(_check_expr(expr, "")) & set(self.param_names)
+                value = getattr(env.unwrapped, attr, None)
+                if attr in declared or not reads or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                env.reset(seed=0)
+                env.action_space.seed(0)
+                action = env.action_space.sample()
+                outs = []
+                for scale in (1.0, 1.5):
+                    e = copy.deepcopy(env)
+                    setattr(e.unwrapped, attr, value * scale if value != 0 else 1.0)
+                    obs, reward, *_ = e.step(action)
+                    outs.append((torch.as_tensor(obs, dtype=torch.float64).flatten(), float(reward)))
+                if not torch.equal(outs[0][0], outs[1][0]) or outs[0][1] != outs[1][1]:
+                    found.append((attr, expr, sorted(reads)[0]))
+            return found
+        finally:
+            env.close()
+
+    def check_stale_attributes(self) -> None:
+        """Raise :class:`FamilyError` naming the first attribute :meth:`stale_attributes` finds."""
+        stale = self.stale_attributes()
+        if stale:
+            names = ", ".join(f"{a} = {e}" for a, e, _ in stale)
+            params = ", ".join(sorted({p for _, _, p in stale}))
+            fix = ", ".join(f"{a}: {e}" for a, e, _ in stale)
+            raise FamilyError(
+                f"family '{self.name}': {self.env_id} computes {names} once in __init__ and its dynamics "
+                f"read {'them' if len(stale) > 1 else 'it'}, so setting {params} alone would leave "
+                f"{'them' if len(stale) > 1 else 'it'} stale (the CARL/RLlib CartPole bug); add to the "
+                f"family YAML: derived: {{{fix}}}")
+
     def constants(self) -> dict[str, float]:
         """Fixed attribute values, for a batched simulator's constants."""
         return {k: float(v) for k, v in self.fixed.items()}
@@ -583,4 +692,6 @@ def load_family(name_or_path: str | os.PathLike) -> Family:
         raise FamilyError(f"family file {path}: malformed YAML{at}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise FamilyError(f"family file {path}: cannot read: {e}") from None
-    return family_from_dict(raw, source=str(path))
+    family = family_from_dict(raw, source=str(path))
+    family.check_stale_attributes()
+    return family

@@ -7,6 +7,8 @@ import itertools
 import math
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -79,6 +81,78 @@ def test_cartpole_mass_derived_attributes_recomputed():
         assert base.total_mass == pytest.approx(0.06 + base.masscart)
     finally:
         env.close()
+
+
+# --------------------------------------------------------------------------------------
+# Cached attributes (design rule 2): a family that would leave one stale is refused
+# --------------------------------------------------------------------------------------
+class CachedEnv(gym.Env):
+    """A tiny env whose __init__ caches two values of k: one its dynamics read, one not."""
+
+    def __init__(self):
+        self.k = 1.0
+        self.k2 = self.k * 2.0  # read by step: goes stale when k is set alone
+        self.label = self.k + 100.0  # never read by the dynamics
+        self.observation_space = gym.spaces.Box(-1e9, 1e9, (1,), dtype=np.float64)
+        self.action_space = gym.spaces.Discrete(2)
+        self.x = 0.0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.x = 0.5
+        return np.array([self.x]), {}
+
+    def step(self, action):
+        self.x = self.x + 0.1 * self.k2 * (1 if action else -1)
+        return np.array([self.x]), 1.0, False, False, {}
+
+
+def test_init_computed_attributes_of_cartpole():
+    from hyperrl.families import init_computed_attributes
+
+    cls = type(gym.make("CartPole-v1").unwrapped)
+    assert init_computed_attributes(cls) == {"total_mass": "masspole + masscart",
+                                             "polemass_length": "masspole * length"}
+    assert init_computed_attributes(type(gym.make("Pendulum-v1").unwrapped)) == {}
+
+
+@pytest.mark.parametrize("param, stale", [
+    ("masspole", ["total_mass = masspole + masscart", "polemass_length = masspole * length"]),
+    ("length", ["polemass_length = masspole * length"]),
+    ("masscart", ["total_mass = masspole + masscart"]),
+])
+def test_family_leaving_cartpole_caches_stale_is_refused(tmp_path, param, stale):
+    raw = {"name": "cp", "env_id": "CartPole-v1",
+           "params": {param: {"bounds": [0.01, 5.0], "train": {"ranges": [[0.05, 0.5]]}}},
+           "heldout": {"interpolation": {"values": [0.1]}, "extrapolation": {"values": [1.0]}}}
+    with pytest.raises(FamilyError) as e:
+        load_family(write_yaml(tmp_path / "cp.yaml", raw))
+    msg = str(e.value)
+    assert all(s in msg for s in stale) and len(msg.splitlines()) == 1
+    assert f"setting {param} alone" in msg and "derived: {" in msg
+    # the fix the message names makes the family load, and the physics follow the parameter
+    raw["derived"] = dict(x.split(" = ") for x in stale)
+    fam = load_family(write_yaml(tmp_path / "cp.yaml", raw))
+    env = fam.make_env([0.3])
+    try:
+        base = env.unwrapped
+        assert base.total_mass == pytest.approx(base.masspole + base.masscart)
+        assert base.polemass_length == pytest.approx(base.masspole * base.length)
+    finally:
+        env.close()
+
+
+def test_stale_check_flags_only_attributes_the_dynamics_read():
+    env_id = "hyperrl-test/Cached-v0"
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=CachedEnv, max_episode_steps=10)
+    raw = {"name": "cached", "env_id": env_id,
+           "params": {"k": {"bounds": [0.1, 5.0], "train": {"ranges": [[0.5, 1.5]]}}},
+           "heldout": {"interpolation": {"values": [1.0]}, "extrapolation": {"values": [3.0]}}}
+    fam = family_from_dict(raw)
+    assert fam.stale_attributes() == [("k2", "k * 2.0", "k")]  # 'label' is computed but never read
+    raw["derived"] = {"k2": "k * 2.0"}
+    assert family_from_dict(raw).stale_attributes() == []
 
 
 USER_PENDULUM = """\
