@@ -104,21 +104,58 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     linear schedule from X), checked against ``stable_baselines3.PPO``'s arguments."""
     from stable_baselines3 import PPO
 
-    allowed = set(inspect.signature(PPO.__init__).parameters) - {"self", "policy", "env", "seed", "device",
-                                                                 "tensorboard_log", "verbose", "_init_setup_model"}
-    allowed.add("n_envs")
+    sig = inspect.signature(PPO.__init__).parameters
+    defaults = {k: p.default for k, p in sig.items()
+                if k not in {"self", "policy", "env", "seed", "device", "tensorboard_log", "verbose",
+                             "_init_setup_model", "rollout_buffer_class"}}
+    defaults["n_envs"] = 1
     out: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise HyperrlError(f"--set expects KEY=VALUE, got {item!r}")
-        if key not in allowed:
-            raise HyperrlError(f"--set {key}: not a PPO hyperparameter; allowed: {', '.join(sorted(allowed))}")
-        out[key] = _parse_hp_value(text)
-    if "n_envs" in out and (not isinstance(out["n_envs"], int) or out["n_envs"] < 1):
-        raise HyperrlError(f"--set n_envs must be a positive integer, got {out['n_envs']!r}")
+        if key not in defaults:
+            raise HyperrlError(f"--set {key}: not a PPO hyperparameter; allowed: {', '.join(sorted(defaults))}")
+        out[key] = _check_hp(key, _parse_hp_value(text), defaults[key], text)
     return out
+
+
+_SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")  # number or lin_X
+_DICTS = ("policy_kwargs", "rollout_buffer_kwargs")
+_MAY_BE_NEGATIVE = ("sde_sample_freq",)  # -1: sample once per rollout
+
+
+def _check_hp(key: str, value: Any, default: Any, text: str) -> Any:
+    """A ``--set`` value checked against the type of PPO's default for ``key`` (SB3 itself
+    would fail much later, after the run dir exists, or with a bare TypeError)."""
+    from hyperrl.config import _SCI_RE
+
+    if isinstance(value, str) and _SCI_RE.match(value.strip()):
+        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if key in _DICTS:
+        ok = value is None or isinstance(value, dict)
+        want = "a mapping, e.g. {net_arch: [64, 64]}"
+    elif key in _SCHEDULES:
+        ok = (number and value > 0) or (isinstance(value, tuple) and value[0] == "lin") or \
+            (value is None and default is None)
+        want = "a positive number or lin_<number>" + (" or null" if default is None else "")
+    elif isinstance(default, bool):
+        ok = isinstance(value, bool)
+        want = "true or false"
+    elif isinstance(default, int):
+        if number and float(value).is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or key in _MAY_BE_NEGATIVE)
+        want = "an integer" if key in _MAY_BE_NEGATIVE else "a positive integer"
+    else:  # floats, and target_kl (None by default)
+        ok = (number and value >= 0) or (value is None and default is None)
+        want = "a non-negative number" + (" or null" if default is None else "")
+        value = float(value) if number else value
+    if not ok:
+        raise HyperrlError(f"--set {key}: expected {want}, got {text!r}")
+    return value
 
 
 def hyperparams(family: Family, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -480,6 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from hyperrl.sb3 import ZOO_HYPERPARAMS
     from hyperrl.seeding import seed_everything
+
+    if overrides:  # SB3 checks some combinations only when the model is built: build one first,
+        try:       # so a rejected --set writes nothing
+            trial = make_ppo(family, args.method, args.seed, device,
+                             values=variants[0]["values"] if variants else None, overrides=overrides)
+            trial.get_env().close()
+        except (TypeError, ValueError, AssertionError, KeyError) as e:
+            raise HyperrlError(f"--set: stable-baselines3 PPO rejects these hyperparameters: "
+                               f"{type(e).__name__}: {e}") from None
 
     run_dir = new_run_dir(family.name, f"{args.method}-", args.seed, args.run_dir)
     shutil.copyfile(family.source, run_dir / "family.yaml")

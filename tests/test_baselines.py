@@ -232,9 +232,16 @@ def test_continuous_actions_pendulum(tmp_path):
     (["--env-family", FAMILY, "--method", "dr", "--total-steps", "0"], "--total-steps"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "n_step=3"], "not a PPO hyperparameter"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "learning_rate=lin_x"], "schedule"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "n_steps=abc"], "--set n_steps: expected a positive integer"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "gamma=[1]"], "--set gamma: expected a non-negative number"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "learning_rate=abc"], "lin_<number>"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "normalize_advantage=1"], "true or false"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "policy_kwargs={bogus: 1}"], "rejects these hyperparameters"),
     (["--env-family", FAMILY, "--method", "dr", "--device", "cuda:99"], "device"),
 ])
 def test_baseline_cli_errors(tmp_path, capsys, args, needle):
+    """One error line, exit 2, nothing created (a bad --set used to be a bare TypeError after
+    the run dir existed)."""
     run = tmp_path / "run"
     line = usage_error(capsys, baselines_main, [*args, "--run-dir", str(run)])
     assert needle in line
@@ -357,3 +364,13 @@ def test_compare_bad_input(runs, tmp_path, capsys):
         assert not out.exists()
     assert "is a run dir" in usage_error(capsys, compare_main, [str(runs["dr"]), "--out", str(corrupt)])
     assert {d: snapshot(d) for d in before} == before
+
+
+def test_set_values_are_typed():
+    from hyperrl.baselines import parse_overrides
+
+    hp = parse_overrides(["learning_rate=3e-4", "batch_size=1e2", "target_kl=null", "clip_range=lin_0.2",
+                          "normalize_advantage=false", "sde_sample_freq=-1"])
+    assert hp == {"learning_rate": 3e-4, "batch_size": 100, "target_kl": None, "clip_range": ("lin", 0.2),
+                  "normalize_advantage": False, "sde_sample_freq": -1}
+    assert isinstance(hp["batch_size"], int)
