@@ -118,10 +118,6 @@ def train(
     batch = n * t_len
     num_updates = max(1, math.ceil(cfg.total_steps / batch))
     mb_cols = max(1, n // cfg.ppo.num_minibatches)
-    if cfg.total_steps % batch and resume is None:
-        # a PPO update needs a whole rollout of N x T steps: say so instead of silently overshooting
-        print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
-              f"{batch:,}; training runs {num_updates:,} update(s) = {num_updates * batch:,} steps", file=sys.stderr)
 
     # ---- environments, variants, agent --------------------------------------------------
     # Explicit generators (design rule 9): parameter draws and policy sampling have their own
@@ -490,6 +486,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     family = load_family(args.env_family)
     cfg = resolve_config(family, args.config, args.overrides, args.seed, args.total_steps, args.device)
     parse_device(cfg.device)  # fail before creating anything
+    batch = cfg.env.num_envs * cfg.ppo.num_steps
+    if cfg.total_steps % batch:  # a PPO update needs a whole rollout: say so instead of overshooting silently
+        updates = -(-cfg.total_steps // batch)
+        print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
+              f"{batch:,}; training runs {updates:,} update(s) = {updates * batch:,} steps", file=sys.stderr)
     run_dir = new_run_dir(family.name, "", cfg.seed, args.run_dir,
                           "use --resume to continue it or pick another --run-dir")
     save_config(cfg, run_dir / "config.yaml")
