@@ -107,7 +107,7 @@ import torch
 from torch import nn
 
 from hyperrl.api import Values, read_run_info, register_loader
-from hyperrl.config import _SCI_RE
+from hyperrl.config import scalar_from_text
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
 from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
@@ -187,8 +187,6 @@ class AdaptConfig:
 
     @classmethod
     def from_overrides(cls, items: Sequence[str] | None) -> "AdaptConfig":
-        import yaml
-
         cfg = cls()
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for item in items or []:
@@ -196,15 +194,11 @@ class AdaptConfig:
             key = key.strip()
             if not sep or key not in fields:
                 raise HyperrlError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {', '.join(fields)}")
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                value = text
-            if isinstance(value, str) and _SCI_RE.match(value.strip()):
-                value = float(value)  # YAML 1.1 reads 3e-3 (no dot) as a string
-                if value.is_integer() and isinstance(getattr(cfg, key), int):
-                    value = int(value)
+            value = scalar_from_text(text)  # 3e-3 is a number (a string in YAML 1.1)
             default = getattr(cfg, key)
+            if isinstance(value, float) and value.is_integer() and isinstance(default, int) \
+                    and not isinstance(default, bool):
+                value = int(value)  # sim_steps=2e6
             if isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise HyperrlError(f"--set {key}: expected true or false, got {text!r}")

@@ -85,12 +85,9 @@ def _hp_text(v: Any) -> Any:
 
 
 def _parse_hp_value(text: str) -> Any:
-    import yaml
+    from hyperrl.config import scalar_from_text
 
-    try:
-        v = yaml.safe_load(text)
-    except yaml.YAMLError:
-        v = text
+    v = scalar_from_text(text)
     if isinstance(v, str) and v.startswith("lin_"):
         try:
             return ("lin", float(v[4:]))
@@ -129,10 +126,6 @@ _MAY_BE_NEGATIVE = ("sde_sample_freq",)  # -1: sample once per rollout
 def _check_hp(key: str, value: Any, default: Any, text: str) -> Any:
     """A ``--set`` value checked against the type of PPO's default for ``key`` (SB3 itself
     would fail much later, after the run dir exists, or with a bare TypeError)."""
-    from hyperrl.config import _SCI_RE
-
-    if isinstance(value, str) and _SCI_RE.match(value.strip()):
-        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
     if key in _DICTS:
         ok = value is None or isinstance(value, dict)

@@ -74,6 +74,21 @@ _NoneType = type(None)
 _SCI_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
+def scalar_from_text(text: str) -> Any:
+    """A command-line ``KEY=VALUE`` value outside the config dataclasses (``hyperrl.adapt``
+    and ``hyperrl.baselines`` settings): YAML (``true``, ``null``, ``{a: 1}``), with
+    ``3e-4`` (no dot, a string in YAML 1.1) read as a float; unparsable text stays a string."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _SCI_RE.match(value.strip()):
+        return float(value)
+    return value
+
+
 class ConfigError(HyperrlError):
     """An unknown config key, a bad value, or an unreadable/malformed config file."""
 

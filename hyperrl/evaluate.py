@@ -13,9 +13,10 @@ What is evaluated (one of):
 
 * default / ``--split``: the family's fixed held-out values (both splits by default);
 * ``--values NAME=V1,V2,...`` (repeatable, one per parameter, or all in one:
-  ``--values m=0.3,2,l=0.5``; every parameter of the family must be given): the cartesian product of the listed values. Values inside the physical
-  bounds but outside the train range are allowed and marked ``extrapolation``; values
-  outside the physical bounds are refused;
+  ``--values m=0.3,2,l=0.5``; every parameter of the family must be given): the cartesian
+  product of the listed values. Values inside the physical bounds but outside the train
+  range are allowed and marked ``extrapolation``; values outside the physical bounds are
+  refused;
 * ``--grid N``: :meth:`Family.grid` (N points per parameter across the physical bounds).
 
 Each variant runs ``--episodes`` episodes (default 10) with deterministic actions on real

@@ -475,7 +475,8 @@ class Family:
             env.close()
 
     def check_stale_attributes(self) -> None:
-        """Raise :class:`FamilyError` naming the first attribute :meth:`stale_attributes` finds."""
+        """Raise :class:`FamilyError` naming every attribute :meth:`stale_attributes` finds and
+        the ``derived`` entries that fix them."""
         stale = self.stale_attributes()
         if stale:
             names = ", ".join(f"{a} = {e}" for a, e, _ in stale)
