@@ -180,7 +180,8 @@ def train(
     cols = torch.arange(n, device=device)
     # Update rows: on CPU only the visited (column, slot) pairs (compute is the cost; the
     # host sync is free); on an accelerator every pair (no sync; spare compute is cheap).
-    slot_rows = SlotRows.used_slots if device.type == "cpu" else SlotRows.all_slots
+    sync_free = device.type != "cpu" if cfg.env.sync_free == "auto" else cfg.env.sync_free == "on"
+    slot_rows = SlotRows.all_slots if sync_free else SlotRows.used_slots
 
     def run_eval(step: int) -> dict[str, float]:
         """Zero-shot evaluation on the held-out splits: scalars, a picture, a checkpoint."""
@@ -306,7 +307,7 @@ def train(
                     ep_ret.masked_fill_(done, 0.0)
                     ep_len.masked_fill_(done, 0)
                     slot = torch.where(done, (slot + 1).clamp(max=k - 1), slot)
-                    rollout_w.advance(done, slot)
+                    rollout_w.advance(done, slot, branch_free=sync_free)
                     env.next_params = params_tab[cols, (slot + 1).clamp(max=k - 1)]
                     obs = out.obs
                 global_step += batch

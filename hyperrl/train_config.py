@@ -26,6 +26,14 @@ class EnvConfig:
         "rollout ends. Weights are generated once per slot (see README, 'Design').",
         min=2,
     )
+    sync_free: str = opt(
+        "auto",
+        "rollout/update bookkeeping without host syncs: every (env, slot) weight row is computed "
+        "and slot changes are branch-free selects. auto: on for accelerators (a sync stalls the "
+        "GPU), off on CPU (there only visited rows are computed); on/off force it (on runs the "
+        "accelerator code path on CPU, same results)",
+        choices=("auto", "on", "off"),
+    )
 
 
 @dataclass(frozen=True)
