@@ -75,6 +75,8 @@ def part_throughput(args: argparse.Namespace) -> None:
         ("T=32, 4 epochs x 8 minibatches, critic [32,32]", ["--set", "model.critic_hidden_sizes=[32,32]"]),
         ("T=32, 2 epochs x 4 minibatches, critic [32,32]",
          ["--set", "ppo.update_epochs=2", "--set", "ppo.num_minibatches=4", "--set", "model.critic_hidden_sizes=[32,32]"]),
+        ("T=32, 4 epochs x 8 minibatches, relu, critic [32,32]",
+         ["--set", "model.activation=relu", "--set", "model.critic_hidden_sizes=[32,32]"]),
     ]
     for label, extra in variants:
         # ~12 updates, evaluation only at the end (excluded from steps/s).
