@@ -107,7 +107,7 @@ import torch
 from torch import nn
 
 from hyperrl.api import Values, read_run_info, register_loader
-from hyperrl.config import scalar_from_text
+from hyperrl.config import ConfigError, apply_overrides, opt
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
 from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
@@ -148,73 +148,63 @@ FORMAT = 1
 # ======================================================================================
 # Settings
 # ======================================================================================
-@dataclass
+@dataclass(frozen=True)
 class AdaptConfig:
-    """Adaptation settings (``--set KEY=VALUE`` on the command line)."""
+    """Adaptation settings (``--set KEY=VALUE`` on the command line), loaded like the
+    training config (:func:`hyperrl.config.apply_overrides`: unknown keys, wrong types and
+    out-of-range values are refused); every integer is >= 1, every number >= 0 and finite."""
 
     # context search
-    sigma: float = 0.5  # initial std of the context search, in context units (train range = [-1, 1])
-    sigma_min: float = 0.05
-    sigma_decay: float = 0.8  # per candidate drawn
-    elite_frac: float = 0.3
-    crn: bool = True  # a candidate's k-th episode starts from the k-th common seeded initial state
-    race_evals: int = 2  # candidates tied for the best mean are re-evaluated up to this many episodes
+    sigma: float = opt(0.5, "initial std of the context search, in context units (train range = [-1, 1])",
+                       min=0.0)
+    sigma_min: float = opt(0.05, "smallest std of the context search", min=0.0)
+    sigma_decay: float = opt(0.8, "context-search std factor per candidate drawn", min=0.0)
+    elite_frac: float = opt(0.3, "fraction of the tried candidates the cross-entropy draws centre on", min=0.0)
+    crn: bool = opt(True, "a candidate's k-th episode starts from the k-th common seeded initial state")
+    race_evals: int = opt(2, "candidates tied for the best mean are re-evaluated up to this many episodes", min=1)
     # system identification
-    identify: bool = True
-    mismatch_ratio: float = 4.0  # given values replaced when they predict this many times worse
-    sysid_transitions: int = 512  # at most this many recorded transitions are replayed
+    identify: bool = opt(True, "identify the parameters from the recorded transitions (batched simulator)")
+    mismatch_ratio: float = opt(4.0, "given values are replaced when they predict this many times worse", min=0.0)
+    sysid_transitions: int = opt(512, "at most this many recorded transitions are replayed", min=1)
     # PPO (weights, hypernet and the references)
-    episodes_per_update: int = 1
-    lr: float = 1e-3  # weights mode, scratch and dr-finetune policy parameters
-    hypernet_lr: float = 1e-4
-    critic_lr: float = 1e-3
-    update_epochs: int = 10
-    minibatch_size: int = 64
-    clip_coef: float = 0.2
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    target_kl: float | None = 0.01
-    norm_adv: bool = True  # normalise advantages per update batch
+    episodes_per_update: int = opt(1, "episodes per PPO update", min=1)
+    lr: float = opt(1e-3, "learning rate: weights mode, scratch and dr-finetune policy parameters", min=0.0)
+    hypernet_lr: float = opt(1e-4, "learning rate of the hypernetwork (hypernet mode)", min=0.0)
+    critic_lr: float = opt(1e-3, "learning rate of the critic", min=0.0)
+    update_epochs: int = opt(10, "epochs per PPO update", min=1)
+    minibatch_size: int = opt(64, "PPO minibatch size (samples)", min=1)
+    clip_coef: float = opt(0.2, "PPO ratio clip", min=0.0)
+    ent_coef: float = opt(0.0, "entropy bonus coefficient", min=0.0)
+    vf_coef: float = opt(0.5, "value loss coefficient", min=0.0)
+    max_grad_norm: float = opt(0.5, "gradient norm clip (per parameter group)", min=0.0)
+    target_kl: float | None = opt(0.01, "stop an update's epochs when the mean approx. KL exceeds this "
+                                  "(null: never)", min=0.0)
+    norm_adv: bool = opt(True, "normalise advantages per update batch")
     # hypernet mode: regulariser toward the pre-trained hypernetwork
-    reg_coef: float = 1.0
-    reg_contexts: int = 16  # train contexts per gradient step (from a pool of 8x as many)
+    reg_coef: float = opt(1.0, "hypernet mode: weight of the L2 penalty toward the pre-trained outputs",
+                          min=0.0)
+    reg_contexts: int = opt(16, "hypernet mode: train contexts per gradient step (from a pool of 8x as many)",
+                            min=1)
     # sim mode: fine-tune in the family's simulator at the identified parameters
-    sim_steps: int = 2_000_000  # simulated env steps (they cost no episodes of the real env)
-    sim_lr_scale: float = 1.0  # fraction of the run's learning rate (annealed to 0)
-    sim_spread: float = 0.05  # simulated variants drawn within +-this fraction of each identified value
-    check_forgetting: bool = True  # evaluate the interpolation held-out set before/after
+    sim_steps: int = opt(2_000_000, "sim mode: simulated env steps (they cost no episodes of the real env)",
+                         min=1)
+    sim_lr_scale: float = opt(1.0, "sim mode: fraction of the run's learning rate (annealed to 0)", min=0.0)
+    sim_spread: float = opt(0.05, "sim mode: simulated variants drawn within +-this fraction of each "
+                            "identified value", min=0.0)
+    check_forgetting: bool = opt(True, "evaluate the interpolation held-out set before/after (hypernet mode)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{f.name} must be a finite number, got {v!r}")
 
     @classmethod
     def from_overrides(cls, items: Sequence[str] | None) -> "AdaptConfig":
-        cfg = cls()
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for item in items or []:
-            key, sep, text = str(item).partition("=")
-            key = key.strip()
-            if not sep or key not in fields:
-                raise HyperrlError(f"--set {item!r}: expected KEY=VALUE with KEY one of: {', '.join(fields)}")
-            value = scalar_from_text(text)  # 3e-3 is a number (a string in YAML 1.1)
-            default = getattr(cfg, key)
-            if isinstance(value, float) and value.is_integer() and isinstance(default, int) \
-                    and not isinstance(default, bool):
-                value = int(value)  # sim_steps=2e6
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise HyperrlError(f"--set {key}: expected true or false, got {text!r}")
-            elif isinstance(default, int) and not isinstance(default, bool):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise HyperrlError(f"--set {key}: expected a positive integer, got {text!r}")
-            else:  # floats (target_kl may be null)
-                if value is None and key == "target_kl":
-                    pass
-                elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                        or value < 0:
-                    raise HyperrlError(f"--set {key}: expected a non-negative number, got {text!r}")
-                else:
-                    value = float(value)
-            setattr(cfg, key, value)
-        return cfg
+        try:
+            return apply_overrides(cls(), items)
+        except ConfigError as e:
+            raise HyperrlError(f"--set: {e}") from None
 
 
 # ======================================================================================
