@@ -88,8 +88,9 @@ class RolloutWeights:
 
     ``table`` holds the weights of all N*K slots (row ``n*K + k``); ``current`` the row of
     each env's slot, ``[N, ...]``. When episodes end, :meth:`advance` copies the new slot's
-    rows in: on CPU only the rows that changed (the sync is free there), on an accelerator
-    with a branch-free ``where`` (no host sync). A step then reads N weight rows, not N*K.
+    rows in: only the rows that changed (one host sync: free on CPU), or with
+    ``branch_free`` a ``where`` over all rows (no sync: for accelerators; the trainer's
+    ``env.sync_free`` decides). A step then reads N weight rows, not N*K.
     """
 
     def __init__(self, table: dict[str, torch.Tensor], num_envs: int, num_slots: int):
@@ -97,11 +98,8 @@ class RolloutWeights:
         self.current = {key: w[:, 0].clone() for key, w in self.table.items()}
         self._cols = torch.arange(num_envs, device=next(iter(table.values())).device)
 
-    def advance(self, done: torch.Tensor, slot: torch.Tensor, branch_free: bool | None = None) -> None:
-        """done [N] bool: envs whose episode ended; slot [N] long: their slot from now on.
-        ``branch_free`` defaults to True off the CPU."""
-        if branch_free is None:
-            branch_free = done.device.type != "cpu"
+    def advance(self, done: torch.Tensor, slot: torch.Tensor, branch_free: bool) -> None:
+        """done [N] bool: envs whose episode ended; slot [N] long: their slot from now on."""
         if not branch_free:
             idx = done.nonzero().squeeze(1)
             if idx.numel():

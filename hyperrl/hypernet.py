@@ -152,7 +152,8 @@ _ACT_MODULES: dict[str, type[nn.Module]] = {
 # Modules used inside hyperrl's own networks (critic, embedding trunk); exported target
 # networks (make_target_mlp) keep the standard modules. "fast_tanh" is opt-in
 # (model.activation): it is ~5x cheaper on CPU, but in session 2 two of three 6M-step
-# pendulum runs with it collapsed late (cause not isolated), so "tanh" stays the default.
+# pendulum runs with it collapsed late (cause not isolated; a session-4 re-run of those
+# seeds did not collapse), so "tanh" stays the default until more seeds say otherwise.
 TRAIN_ACT_MODULES: dict[str, type[nn.Module]] = {**_ACT_MODULES, "fast_tanh": FastTanh}
 INITS = ("bias_hyperinit", "hyperfan_in")
 
