@@ -75,8 +75,8 @@ _SCI_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 def scalar_from_text(text: str) -> Any:
-    """A command-line ``KEY=VALUE`` value outside the config dataclasses (``hyperrl.adapt``
-    and ``hyperrl.baselines`` settings): YAML (``true``, ``null``, ``{a: 1}``), with
+    """A command-line ``KEY=VALUE`` value outside the config dataclasses (``hyperrl.baselines``'
+    SB3 PPO hyperparameters, checked against SB3's own signature): YAML (``true``, ``null``, ``{a: 1}``), with
     ``3e-4`` (no dot, a string in YAML 1.1) read as a float; unparsable text stays a string."""
     import yaml
 
