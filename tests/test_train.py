@@ -480,3 +480,18 @@ def test_sync_free_path_trains_the_same(tmp_path, critic):
     b = load_checkpoint(on / "checkpoints" / "latest.pt")
     torch.testing.assert_close(a["extra"]["env"]["state"], b["extra"]["env"]["state"], rtol=0, atol=1e-4)
     assert a["extra"]["ep_len"].tolist() == b["extra"]["ep_len"].tolist()
+
+
+def test_every_shipped_config_loads_and_names_a_family():
+    """configs/*.yaml: each is a valid TrainConfig (unknown keys would raise); a config is
+    either a family's defaults (configs/<family>.yaml) or a named variant of one
+    (configs/<family>-<what>.yaml, e.g. the N = 1,024 throughput schedule)."""
+    families = {p.stem for p in (REPO / "envs").glob("*.yaml")}
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_yaml_config(TrainConfig, path)
+        assert any(path.stem == f or path.stem.startswith(f + "-") for f in families), path.name
+        assert cfg.env.num_envs % cfg.ppo.num_minibatches == 0, path.name  # whole env columns per minibatch
+    n1024 = load_yaml_config(TrainConfig, REPO / "configs" / "cartpole-mass-n1024.yaml")
+    assert (n1024.env.num_envs, n1024.ppo.update_epochs, n1024.ppo.num_minibatches) == (1024, 1, 16)
