@@ -225,8 +225,8 @@ def train(
         eval_seconds += time.perf_counter() - t_eval
         return result
 
-    # Looked up once: a `git rev-parse` subprocess per checkpoint cost ~40 ms, 10 % of the
-    # throughput config's wall-clock (it checkpoints every 4 updates).
+    # Looked up once, at the start: the code running is the code loaded then (a checkout
+    # during the run would otherwise be recorded), and no `git` subprocess per checkpoint.
     commit = git_commit()
 
     def payload(step: int, upd: int) -> dict[str, Any]:
