@@ -495,3 +495,32 @@ def test_every_shipped_config_loads_and_names_a_family():
         assert cfg.env.num_envs % cfg.ppo.num_minibatches == 0, path.name  # whole env columns per minibatch
     n1024 = load_yaml_config(TrainConfig, REPO / "configs" / "cartpole-mass-n1024.yaml")
     assert (n1024.env.num_envs, n1024.ppo.update_epochs, n1024.ppo.num_minibatches) == (1024, 1, 16)
+
+
+def test_weight_histogram_matches_numpy_and_reads_back(tmp_path):
+    """add_weight_histogram (torch, no NumPy/OpenBLAS) writes the same statistics as a NumPy
+    histogram with the same edges, and TensorBoard's reader gets them back."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from hyperrl.train import add_weight_histogram
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(18, 32, 4, generator=g) * 0.3 + 0.1
+    with SummaryWriter(str(tmp_path)) as w:
+        add_weight_histogram(w, "h", x, step=7, bins=16)
+        add_weight_histogram(w, "const", torch.full((5,), 0.25), step=7)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    acc.Reload()
+    (ev,) = acc.Histograms("h")
+    hv = ev.histogram_value
+    a = x.double().numpy().ravel()
+    counts, edges = np.histogram(a, bins=16)
+    assert ev.step == 7 and hv.num == a.size == sum(hv.bucket)
+    assert hv.min == pytest.approx(a.min()) and hv.max == pytest.approx(a.max())
+    assert hv.sum == pytest.approx(a.sum(), abs=1e-9) and hv.sum_squares == pytest.approx((a * a).sum(), rel=1e-12)
+    np.testing.assert_allclose(hv.bucket_limit, edges[1:], rtol=1e-12)
+    assert list(hv.bucket) == counts.tolist()
+    (c,) = acc.Histograms("const")
+    assert (c.histogram_value.num, list(c.histogram_value.bucket), c.histogram_value.max) == (5, [5.0], 0.25)
