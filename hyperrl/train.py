@@ -137,7 +137,7 @@ def train(
     seed_everything(cfg.seed)
     n, k, t_len = cfg.env.num_envs, cfg.env.variant_slots, cfg.ppo.num_steps
     batch = n * t_len
-    num_updates = max(1, math.ceil(cfg.total_steps / batch))
+    num_updates = cfg.num_updates
     mb_cols = max(1, n // cfg.ppo.num_minibatches)
 
     # ---- environments, variants, agent --------------------------------------------------
@@ -513,10 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = resolve_config(family, args.config, args.overrides, args.seed, args.total_steps, args.device)
     parse_device(cfg.device)  # fail before creating anything
     batch = cfg.env.num_envs * cfg.ppo.num_steps
-    if cfg.total_steps % batch:  # a PPO update needs a whole rollout: say so instead of overshooting silently
-        updates = -(-cfg.total_steps // batch)
+    if cfg.num_updates * batch != cfg.total_steps:  # say so instead of overshooting silently
         print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
-              f"{batch:,}; training runs {updates:,} update(s) = {updates * batch:,} steps", file=sys.stderr)
+              f"{batch:,}; training runs {cfg.num_updates:,} update(s) = {cfg.num_updates * batch:,} steps",
+              file=sys.stderr)
     run_dir = new_run_dir(family.name, "", cfg.seed, args.run_dir,
                           "use --resume to continue it or pick another --run-dir")
     save_config(cfg, run_dir / "config.yaml")

@@ -107,3 +107,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "hypernetwork and critic"})
     ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"doc": "PPO"})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"doc": "periodic zero-shot evaluation"})
+
+    @property
+    def num_updates(self) -> int:
+        """PPO updates a run makes: ``total_steps`` rounded up to whole rollouts of
+        ``env.num_envs x ppo.num_steps`` env steps (an update needs a whole rollout)."""
+        return -(-self.total_steps // (self.env.num_envs * self.ppo.num_steps))
