@@ -77,10 +77,6 @@ def thin(rows: list[Any], k: int | None) -> list[Any]:
     return [rows[i] for i in idx]
 
 
-def label(family: Any, values: torch.Tensor) -> str:
-    return ",".join(f"{n}={float(x):g}" for n, x in zip(family.param_names, values.tolist()))
-
-
 def train_run(family: str, out: Path, steps: int, fast: bool, seed: int) -> Path:
     from hyperrl.train import main as train_main
 
@@ -163,7 +159,7 @@ def summarise(md: list[str], fam: Any, fam_name: str, summary_lines: dict[str, l
             grows, closed = [], {}
             for e in fam_res["variants"]:
                 o = e.get("oracle")
-                row = [label(fam, torch.tensor(list(e["values"].values()))), fmt(e["zero_shot"]), fmt(o)]
+                row = [fam.label(torch.tensor(list(e["values"].values()))), fmt(e["zero_shot"]), fmt(o)]
                 for ln in summary_lines:
                     pts = e["curves"][ln]
                     r10 = pts[-1]["return_mean"]
@@ -202,7 +198,7 @@ def hidden_section(md: list[str], fam: Any, run_dir: Path, args: Any, cfg: Any, 
             hits[split][0] += ok
             hits[split][1] += 1
             ident = pts[-1].get("identified_values")
-            hrows.append([label(fam, row), split] + [fmt(by[b]["return_mean"]) if b in by else "–"
+            hrows.append([fam.label(row), split] + [fmt(by[b]["return_mean"]) if b in by else "–"
                                                      for b in args.hidden_budgets]
                          + [fmt(ident[0], 2) if ident else "–",
                             fmt(pts[-1].get("context_values", [math.nan])[0], 2)])
@@ -322,12 +318,12 @@ def main() -> int:
                     entry["oracle"] = None
                     entry["oracle_note"] = str(e).splitlines()[0]
             fam_res["variants"].append(entry)
-            print(f"  {label(fam, row)}: zero-shot {z:.1f}; " + "; ".join(
+            print(f"  {fam.label(row)}: zero-shot {z:.1f}; " + "; ".join(
                 f"{ln} {pts[-1]['return_mean']:.1f}" for ln, pts in res["curves"].items())
                   + f" ({time.perf_counter() - t0:.0f} s)")
             for ln, pts in res["curves"].items():
                 by = {pt["budget"]: pt["return_mean"] for pt in pts}
-                rows.append([label(fam, row), ln] + [fmt(by.get(b)) for b in args.budgets])
+                rows.append([fam.label(row), ln] + [fmt(by.get(b)) for b in args.budgets])
                 summary_lines.setdefault(ln, []).append(pts)
             if res["notes"]:
                 fam_res["notes"] = res["notes"]

@@ -28,12 +28,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 
-def _fmt(family, values: torch.Tensor) -> str:
-    if len(family.param_names) == 1:
-        return f"{float(values[0]):g}"
-    return ",".join(f"{n}={float(x):g}" for n, x in zip(family.param_names, values))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", default="weights", choices=("context", "weights", "hypernet"))
@@ -59,7 +53,7 @@ def main() -> None:
         specs = vals.split("/") if "=" in vals else vals.split(",")
         runs.append((label, src, [_parse_single_values(src.family, spec) for spec in specs]))
     settings = args.setting if args.setting is not None else [""]
-    head = [f"{label} {_fmt(src.family, v)}"
+    head = [f"{label} {src.family.label(v)}"
             for label, src, vals in runs for v in vals] + [f"{label} mean" for label, _, _ in runs]
     print(f"{args.mode} mode, {args.episodes} episodes, {args.seeds} seeds, {args.checkpoint} checkpoints\n")
     print("| setting | " + " | ".join(head) + " | s |")

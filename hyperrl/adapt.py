@@ -381,12 +381,6 @@ def _z_to_values(family: Family, z: torch.Tensor, sign: torch.Tensor) -> torch.T
     return torch.stack(out, -1)
 
 
-def _fmt_values(family: Family, values: torch.Tensor | None) -> str:
-    if values is None:
-        return "?"
-    return ",".join(f"{n}={float(x):.4g}" for n, x in zip(family.param_names, torch.as_tensor(values).reshape(-1)))
-
-
 # ======================================================================================
 # System identification by one-step simulation
 # ======================================================================================
@@ -1532,7 +1526,7 @@ def _write_adapted(source: Any, out_dir: Path, mode: str, res: AdaptResult, run_
         (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         torch.save(_policy_payload(res, source, mode), tmp / POLICY_FILE)
-        title = (f"{family.name}: adapt to {_fmt_values(family, torch.tensor(run_info['values_list']))}"
+        title = (f"{family.name}: adapt to {family.label(run_info['values_list'])}"
                  f"{' (hidden)' if run_info['hidden'] else ''}, K={run_info['budget']}")
         fig = curves_figure(family, curves, title, family.success_return)
         if not isinstance(fig.canvas, FigureCanvasAgg):

@@ -207,10 +207,6 @@ class ContextPolicy:
         return self.model.predict(np.concatenate([obs, ctx], -1), state, episode_start, deterministic)
 
 
-def _fmt_values(family: Family, values: torch.Tensor) -> str:
-    return ", ".join(f"{n}={float(x):g}" for n, x in zip(family.param_names, values.reshape(-1).tolist()))
-
-
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
@@ -262,7 +258,7 @@ class BaselineRun:
 
     # ---- oracle lookup -----------------------------------------------------------------
     def _available(self) -> str:
-        return "; ".join(_fmt_values(self.family, v) for v in self.variants)
+        return "; ".join(self.family.label(v) for v in self.variants)
 
     def model_index(self, values: torch.Tensor) -> list[int]:
         """[B, P] -> the oracle model trained on exactly each row's values (relative tolerance
@@ -272,7 +268,7 @@ class BaselineRun:
         missing = ~close.any(1)
         if bool(missing.any()):
             bad = v[int(missing.nonzero()[0, 0])]
-            raise HyperrlError(f"oracle run {self.run_dir} has no model for ({_fmt_values(self.family, bad)}); "
+            raise HyperrlError(f"oracle run {self.run_dir} has no model for ({self.family.label(bad)}); "
                                f"it has models for: {self._available()}")
         return close.to(torch.int8).argmax(1).tolist()
 
@@ -427,7 +423,7 @@ def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, dev
             model.get_env().close()
         steps.append(int(model.num_timesteps))
         train_s += time.perf_counter() - tv
-        print(f"oracle {i + 1}/{len(variants)} ({var['split']}: {_fmt_values(family, var['values'])}): "
+        print(f"oracle {i + 1}/{len(variants)} ({var['split']}: {family.label(var['values'])}): "
               f"{model.num_timesteps:,} steps in {time.perf_counter() - tv:.1f} s", file=sys.stderr)
     # evaluate through the loader, exactly as any consumer will
     run = BaselineRun(run_dir, json.loads((run_dir / "run.json").read_text()), device=device)

@@ -289,8 +289,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str) and _SCI_RE.match(value.strip()):
             value = float(value.strip())
         if isinstance(value, float):
-            if math.isnan(value):
-                raise ConfigError(f"config key '{key}': NaN is not a valid value")
+            # No key means "unbounded" by infinity (null does that where allowed), and an
+            # infinite lr or coefficient only turns into NaN losses mid-run: refuse both here.
+            if not math.isfinite(value):
+                raise ConfigError(f"config key '{key}': expected a finite number, got {value!r}")
             return value
         raise _TypeMismatch(key, tp, value)
     if tp is str:

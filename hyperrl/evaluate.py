@@ -227,10 +227,6 @@ def run_evaluation(
     return EpisodeStats(values, torch.cat(returns), torch.cat(lengths))
 
 
-def _variant_label(family: Family, row: torch.Tensor) -> str:
-    return ",".join(f"{n}={_fmt(float(x))}" for n, x in zip(family.param_names, row.tolist()))
-
-
 def build_results(run: Any, sel: Selection, stats: EpisodeStats, settings: dict[str, Any]) -> dict[str, Any]:
     """The content of results.json: settings, one entry per variant, per-split summaries."""
     family: Family = run.family

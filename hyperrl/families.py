@@ -322,6 +322,11 @@ class Family:
         """[P] -> {name: float}."""
         return {n: float(v) for n, v in zip(self.param_names, values.reshape(-1).tolist())}
 
+    def label(self, values: torch.Tensor | Sequence[float]) -> str:
+        """[P] -> ``"m=2,l=0.5"``: the one spelling of a variant in tables, plots and messages."""
+        flat = torch.as_tensor(values).reshape(-1).tolist()
+        return ",".join(f"{n}={float(x):g}" for n, x in zip(self.param_names, flat))
+
     def validate(self, values: torch.Tensor) -> None:
         """Raise :class:`FamilyError` naming the first parameter outside its physical bounds."""
         v = torch.as_tensor(values, dtype=torch.float64).reshape(-1, self.num_params)

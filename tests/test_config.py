@@ -186,7 +186,9 @@ def test_unknown_key_names_dotted_path(tmp_path):
         ({"ppo": {"clip": True}}, r"'ppo.clip': expected float, got True"),
         ({"ppo": {"clip": 1.5}}, r"'ppo.clip': must be <= 1"),
         ({"ppo": {"clip": -0.1}}, r"'ppo.clip': must be >= 0"),
-        ({"ppo": {"clip": float("nan")}}, r"'ppo.clip': NaN"),
+        ({"ppo": {"clip": float("nan")}}, r"'ppo.clip': expected a finite number, got nan"),
+        ({"model": {"optim": {"lr": float("inf")}}}, r"'model.optim.lr': expected a finite number, got inf"),
+        ({"ppo": {"target_kl": float("-inf")}}, r"'ppo.target_kl': expected a finite number, got -inf"),
         ({"ppo": {"epochs": 0}}, r"'ppo.epochs': must be >= 1"),
         ({"ppo": {"target_kl": "abc"}}, r"'ppo.target_kl': expected float \| null, got 'abc'"),
         ({"model": {"activation": "gelu"}}, r"'model.activation': must be one of 'tanh', 'relu'; got 'gelu'"),
@@ -410,3 +412,19 @@ def test_parse_device(monkeypatch):
     assert parse_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(HyperrlError, match="only 2 CUDA device"):
         parse_device("cuda:2")
+
+
+@pytest.mark.parametrize("item", ["model.optim.lr=.inf", "model.optim.lr=-.inf", "ppo.clip=.nan",
+                                  "ppo.target_kl=.inf"])
+def test_set_refuses_non_finite_numbers(item):
+    # YAML reads `.inf` / `.nan` as floats; the shared coercion refuses them for every config
+    # class (an infinite learning rate would only surface as NaN losses mid-run).
+    with pytest.raises(ConfigError, match=r"expected a finite number"):
+        apply_overrides(TrainConfig(), [item])
+
+
+def test_real_train_config_refuses_infinite_lr():
+    from hyperrl.train_config import TrainConfig as RealTrainConfig
+
+    with pytest.raises(ConfigError, match=r"config key 'ppo.lr': expected a finite number, got inf"):
+        apply_overrides(RealTrainConfig(), ["ppo.lr=.inf"])

@@ -532,3 +532,10 @@ def test_family_from_dict_copy_is_independent():
     fam = family_from_dict(raw, source="mem")
     assert raw == before and fam.source == "mem"
     assert fam.derived == {"LINK_COM_POS_1": "0.5 * LINK_LENGTH_1"}
+
+
+def test_label_is_the_one_spelling_of_a_variant():
+    fam = load_family("pendulum-mass-length")
+    assert fam.label(torch.tensor([2.0, 0.5])) == "m=2,l=0.5"
+    assert fam.label([0.30000001, 1.7]) == "m=0.3,l=1.7"
+    assert load_family("cartpole-actuator").label(torch.tensor([[-1.0]])) == "force_mag=-1"
