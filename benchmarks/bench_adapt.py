@@ -26,6 +26,12 @@ here with ``--train-steps N`` on the family's default config, or with tiny setti
   pendulum-mass-length=DIR`` (``hyperrl.baselines --method oracle``), evaluated here on the
   same evaluation episodes, for the variants it has.
 
+* ``--world FAMILY_YAML``: the episodes and every evaluation run in that family's env (the
+  run's parameters, other fixed constants: a model error; e.g. ``benchmarks/worlds/
+  pendulum-model-error.yaml``) while the adapter's model stays the run's family; give an
+  ``--oracle`` trained in the same world. ``--gap-only`` adapts only the Pendulum variants
+  whose oracle beats the zero-shot return (the ones the gap target is about).
+
 Tables go to stdout and ``<out>/results.md``; all curves to ``<out>/results.json``; one PNG per
 family (mean over its variants) to ``<out>/<family>.png``. Default ``--out
 runs/bench-adapt-<timestamp>``. One torch thread (``--threads``).
@@ -48,6 +54,11 @@ import torch  # noqa: E402
 
 FAMILIES = ("cartpole-mass", "cartpole-actuator", "pendulum-mass-length")
 MIN_GAP = 10.0  # Pendulum: a smaller zero-shot-to-oracle gap is not counted (noise)
+
+
+def has_gap(oracle: float | None, zero_shot: float) -> bool:
+    """The oracle beats the zero-shot return by more than noise: max(MIN_GAP, 5% of |oracle|)."""
+    return oracle is not None and oracle - zero_shot >= max(MIN_GAP, 0.05 * abs(oracle))
 FAST_TRAIN = [
     "env.num_envs=32", "ppo.num_steps=32", "eval.episodes=1", "progress=false", "ppo.update_epochs=4",
     "ppo.num_minibatches=2", "ppo.target_kl=null", "ppo.lr=0.005", "model.hidden_sizes=[16,16]",
@@ -156,7 +167,7 @@ def summarise(md: list[str], fam: Any, fam_name: str, summary_lines: dict[str, l
         if oracle_run is None:
             md += ["No `--oracle` run: the gap to the per-variant oracle is not measured.", ""]
         else:
-            grows, closed = [], {}
+            grows, closed, summed = [], {}, {}
             for e in fam_res["variants"]:
                 o = e.get("oracle")
                 row = [fam.label(torch.tensor(list(e["values"].values()))), fmt(e["zero_shot"]), fmt(o)]
@@ -164,20 +175,26 @@ def summarise(md: list[str], fam: Any, fam_name: str, summary_lines: dict[str, l
                     pts = e["curves"][ln]
                     r10 = pts[-1]["return_mean"]
                     frac = None
-                    if o is not None and o - e["zero_shot"] >= max(MIN_GAP, 0.05 * abs(o)):
+                    if has_gap(o, e["zero_shot"]):
                         frac = (r10 - e["zero_shot"]) / (o - e["zero_shot"])
                         closed.setdefault(ln, []).append(frac)
+                        acc = summed.setdefault(ln, [0.0, 0.0])
+                        acc[0] += r10 - e["zero_shot"]
+                        acc[1] += o - e["zero_shot"]
                     row.append(f"{fmt(r10)} ({fmt(frac, 2) if frac is not None else '–'})")
                 grows.append(row)
             md += [f"Gap to the oracle closed after {k} episodes, (R_{k} − R_0)/(R_oracle − R_0):", "",
                    md_table(["variant", "zero-shot", "oracle"] + [f"{ln} R_{k} (gap closed)"
                                                                  for ln in summary_lines], grows), ""]
             crow = [[ln, f"{sum(f >= 0.5 for f in fr)}/{len(fr)}",
-                     fmt(sorted(fr)[len(fr) // 2], 2) if fr else "–"] for ln, fr in closed.items()]
-            md += [md_table(["line", "variants closing ≥ half the gap", "median fraction"], crow), "",
+                     fmt(sorted(fr)[len(fr) // 2], 2) if fr else "–",
+                     fmt(summed[ln][0] / summed[ln][1], 2)] for ln, fr in closed.items()]
+            md += [md_table(["line", "variants closing ≥ half the gap", "median fraction",
+                             "summed gap closed"], crow), "",
                    f"A variant counts only when the oracle beats the zero-shot return by at least "
                    f"max({MIN_GAP:g}, 5% of |oracle|); the fraction is measured from the hypernetwork's "
-                   "zero-shot return for every line.", ""]
+                   "zero-shot return for every line; the summed gap closed is Σ(R_k − R_0) / Σ(R_oracle − R_0) "
+                   "over those variants.", ""]
 
 
 def hidden_section(md: list[str], fam: Any, run_dir: Path, args: Any, cfg: Any, thr: float,
@@ -235,6 +252,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--checkpoint", choices=("best", "latest"), default="best",
                    help="which checkpoint of each --run is adapted (best: by held-out return)")
+    p.add_argument("--world", type=Path, default=None, metavar="FAMILY_YAML",
+                   help="the system the episodes and every evaluation run in (hyperrl.adapt --world): the run's "
+                        "family with other fixed constants, a model error; give an --oracle trained in it")
+    p.add_argument("--gap-only", action="store_true",
+                   help="Pendulum: adapt only the variants whose oracle beats the zero-shot return (needs --oracle)")
+    p.add_argument("--no-references", action="store_true", help="skip PPO from scratch and dr-finetune")
     p.add_argument("--grid", type=int, default=0, metavar="N",
                    help="also consider the extrapolation points of Family.grid(N) (N per parameter across the "
                         "physical bounds, outside the train range) as candidate variants")
@@ -243,6 +266,7 @@ def main() -> int:
     torch.set_num_threads(max(1, args.threads))
     from hyperrl.adapt import AdaptConfig, adapt, evaluate_policy, generated_policy
     from hyperrl.api import load
+    from hyperrl.families import load_family
     from hyperrl.policy import HyperRun
 
     runs, drs, oracles = family_map(args.run, "--run"), family_map(args.dr, "--dr"), family_map(args.oracle, "--oracle")
@@ -280,43 +304,61 @@ def main() -> int:
         source = HyperRun(run_dir, checkpoint=args.checkpoint)
         fam = source.family
         thr = fam.success_return
+        world = load_family(args.world) if args.world else fam  # where the episodes run
+        oracle_run = load(oracles[fam_name]) if fam_name in oracles else None
+        if args.gap_only and (oracle_run is None or thr is not None):
+            raise SystemExit(f"error: --gap-only needs an --oracle run and a family without a success return "
+                             f"({fam_name})")
+        if args.world and oracle_run is not None and oracle_run.family.fixed != world.fixed:
+            raise SystemExit(f"error: --oracle {oracles[fam_name]} was trained in '{oracle_run.family.name}', "
+                             f"not in the --world '{world.name}'")
         fam_res: dict[str, Any] = {"run": str(run_dir), "dr": str(dr_dir) if dr_dir else None, "variants": []}
         results["families"][fam_name] = fam_res
         md += [f"## {fam_name}", "", f"Run `{run_dir}`" + (f", dr `{dr_dir}`" if dr_dir else
                                                             ", no dr run: dr-finetune skipped") + ".", ""]
+        if args.world:
+            md += [f"Episodes and evaluations run in the world `{args.world}` ({world.description}), "
+                   f"fixed {dict(world.fixed)}; the adapter's model is the run's family.", ""]
 
         # ---- variants: extrapolation, zero-shot below the success return (CartPole) ----
         cands = fam.heldout_values("extrapolation")
         if args.grid:
             g = fam.grid(args.grid)
             cands = torch.cat([cands, g[~fam.in_train_range(g)]])
-        selected = []
+        selected, oracle_of = [], {}
         for row in cands:
-            zs = evaluate_policy(fam, generated_policy(source, row), row, args.eval_episodes)
+            zs = evaluate_policy(world, generated_policy(source, row), row, args.eval_episodes)
             z = float(zs.mean())
-            if thr is None or z < thr:
+            if oracle_run is not None:
+                try:
+                    oracle_of[fam.label(row)] = float(evaluate_policy(world, oracle_run, row, args.eval_episodes).mean())
+                except Exception as e:  # noqa: BLE001 - the oracle lacks this variant
+                    oracle_of[fam.label(row)] = str(e).splitlines()[0]
+            o = oracle_of.get(fam.label(row))
+            if (thr is None or z < thr) and (not args.gap_only or (isinstance(o, float) and has_gap(o, z))):
                 selected.append((row, z))
         note = (f"{len(selected)} of {cands.shape[0]} extrapolation variants{' (held-out + grid)' if args.grid else ''}"
                 f" have zero-shot < {thr:g} ({args.checkpoint} checkpoint)"
-                if thr is not None else f"{cands.shape[0]} extrapolation variants")
+                if thr is not None else
+                f"{len(selected)} of {cands.shape[0]} extrapolation variants have a gap to the oracle"
+                if args.gap_only else f"{cands.shape[0]} extrapolation variants")
         selected = thin(selected, args.max_variants)
         print(f"  {note}; adapting {len(selected)}")
         md += [note + f"; {len(selected)} adapted.", ""]
 
-        oracle_run = load(oracles[fam_name]) if fam_name in oracles else None
         rows, summary_lines = [], {}
         for row, z in selected:
             t0 = time.perf_counter()
             res = adapt(run_dir, fam.as_dict(row), episodes=k, modes=modes, seed=args.seed, dr=dr_dir,
                         budgets=args.budgets, eval_episodes=args.eval_episodes, config=cfg, save=False,
-                        checkpoint=args.checkpoint)
+                        checkpoint=args.checkpoint, references=not args.no_references,
+                        world=world if args.world else None)
             entry = {"values": fam.as_dict(row), "zero_shot": z, "curves": res["curves"], "notes": res["notes"]}
             if oracle_run is not None:
-                try:
-                    entry["oracle"] = float(evaluate_policy(fam, oracle_run, row, args.eval_episodes).mean())
-                except Exception as e:  # noqa: BLE001 - the oracle lacks this variant
-                    entry["oracle"] = None
-                    entry["oracle_note"] = str(e).splitlines()[0]
+                o = oracle_of[fam.label(row)]
+                entry["oracle"] = o if isinstance(o, float) else None
+                if not isinstance(o, float):
+                    entry["oracle_note"] = o
             fam_res["variants"].append(entry)
             print(f"  {fam.label(row)}: zero-shot {z:.1f}; " + "; ".join(
                 f"{ln} {pts[-1]['return_mean']:.1f}" for ln, pts in res["curves"].items())

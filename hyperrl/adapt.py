@@ -915,10 +915,11 @@ def _make_optimizer(learner: _Learner) -> tuple[torch.optim.Optimizer, list[list
 def _ppo_loop(make_learner: Callable[[torch.Tensor], _Learner], belief: torch.Tensor, hidden: bool,
               family: Family, env_values: torch.Tensor, budget: EpisodeBudget, cfg: AdaptConfig,
               gamma: float, lam: float, reward_scale: float, seed: int, device: torch.device,
-              label: str, use_sysid: bool) -> tuple[_Learner, dict[str, Any]]:
+              label: str, use_sysid: bool, world: Family | None = None) -> tuple[_Learner, dict[str, Any]]:
     """PPO with ``episodes_per_update`` episodes per update until the budget is spent. With
     ``use_sysid`` the first batch identifies the parameters and, if the belief changes
-    (hidden values or a detected mismatch), the learner restarts from them."""
+    (hidden values or a detected mismatch), the learner restarts from them. The episodes run
+    in ``world`` (default ``family``, the model the identification fits)."""
     gen = torch.Generator().manual_seed(int(seed) + 17)  # minibatch order (CPU)
     act_gen = torch.Generator(device=device).manual_seed(int(seed) + 19)  # action sampling
     learner = make_learner(belief)
@@ -929,7 +930,7 @@ def _ppo_loop(make_learner: Callable[[torch.Tensor], _Learner], belief: torch.Te
     r = 0
     while budget.remaining > 0:
         n = min(cfg.episodes_per_update, budget.remaining)
-        eps = run_episodes(family, env_values, learner.step_fn(False, act_gen), n, budget,
+        eps = run_episodes(world or family, env_values, learner.step_fn(False, act_gen), n, budget,
                            seed=ADAPT_SEED + 1000 * int(seed) + r, purpose=f"{label} rollout {r}", device=device)
         info["episode_returns"] += [float(x) for x in eps.returns]
         r += 1
@@ -970,9 +971,11 @@ class _Candidate:
 
 def _context_search(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidden: bool,
                     budget: EpisodeBudget, cfg: AdaptConfig, seed: int, device: torch.device,
-                    use_sysid: bool) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Returns the chosen values (whose context the frozen hypernetwork is run at)."""
+                    use_sysid: bool, world: Family | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Returns the chosen values (whose context the frozen hypernetwork is run at). The
+    episodes run in ``world`` (default: the run's family)."""
     family: Family = source.family
+    world = world or family
     gen = torch.Generator().manual_seed(int(seed) + 29)
     z_lo, z_hi = _z_range(family)
     signed = torch.tensor([p.signed for p in family.params])
@@ -1033,7 +1036,7 @@ def _context_search(source: Any, env_values: torch.Tensor, belief: torch.Tensor,
         values = _z_to_values(family, cand.z, cand.s)
         pol = generated_policy(source, values, device)
         k = len(cand.returns)
-        eps = run_episodes(family, env_values, pol.step_fn(True, None), 1, budget,
+        eps = run_episodes(world, env_values, pol.step_fn(True, None), 1, budget,
                            seed=crn_seed + k if cfg.crn else crn_seed + len(info["episodes"]),
                            purpose=f"context candidate {cands.index(cand)} (evaluation {k + 1})", device=device)
         ret = float(eps.returns[0])
@@ -1097,10 +1100,11 @@ def _rl_settings(source: Any) -> tuple[float, float, float]:
 
 def adapt_mode(source: Any, mode: str, env_values: torch.Tensor, given_values: torch.Tensor | None,
                episodes: int, cfg: AdaptConfig | None = None, seed: int = 0,
-               device: torch.device | str = "cpu") -> AdaptResult:
+               device: torch.device | str = "cpu", world: Family | None = None) -> AdaptResult:
     """Adapt the frozen run ``source`` (a :class:`hyperrl.policy.HyperRun`) to the variant
     ``env_values`` with exactly ``episodes`` episodes. ``given_values`` is what the adapter is
-    told (``None``: hidden)."""
+    told (``None``: hidden). ``world``: the family whose env the episodes run in, when it is
+    not the run's own (a model error no parameter value absorbs; see :func:`adapt`)."""
     if mode not in MODES:
         raise HyperrlError(f"unknown mode '{mode}'; expected one of: {', '.join(MODES)}")
     cfg = cfg or AdaptConfig()
@@ -1112,12 +1116,12 @@ def adapt_mode(source: Any, mode: str, env_values: torch.Tensor, given_values: t
     budget = EpisodeBudget(episodes)
     t0 = time.perf_counter()
     if mode == "sim":
-        return _sim_adapt(source, env_values, belief, hidden, budget, cfg, seed, dev, use_sysid, t0)
+        return _sim_adapt(source, env_values, belief, hidden, budget, cfg, seed, dev, use_sysid, t0, world)
     if mode == "context":
         if source.agent.cfg.context == "none":
             raise HyperrlError(f"{source.run_dir} is a context-blind run (model.context: none): context mode "
                                "cannot change its policy; use --mode weights")
-        chosen, info = _context_search(source, env_values, belief, hidden, budget, cfg, seed, dev, use_sysid)
+        chosen, info = _context_search(source, env_values, belief, hidden, budget, cfg, seed, dev, use_sysid, world)
         pol = generated_policy(source, chosen, dev)
         ctx = family.context(chosen.reshape(1, -1))[0]
         return AdaptResult("context", pol, budget, info, ctx, chosen, wall_s=time.perf_counter() - t0)
@@ -1133,7 +1137,7 @@ def adapt_mode(source: Any, mode: str, env_values: torch.Tensor, given_values: t
             ctx = family.context(values.reshape(1, -1))[0]
             return HypernetLearner(source, ctx, cfg, gen, dev)
     learner, info = _ppo_loop(make, belief, hidden, family, env_values, budget, cfg, gamma, lam, rscale, seed,
-                              dev, mode, use_sysid)
+                              dev, mode, use_sysid, world)
     start = torch.tensor(info["start_values"], dtype=torch.float64)
     ctx = family.context(start.reshape(1, -1))[0]
     res = AdaptResult(mode, learner.policy(), budget, info, ctx, start, wall_s=time.perf_counter() - t0)
@@ -1188,13 +1192,15 @@ def sim_finetune(source: Any, values: torch.Tensor, cfg: AdaptConfig, seed: int,
 
 
 def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidden: bool, budget: EpisodeBudget,
-               cfg: AdaptConfig, seed: int, dev: torch.device, use_sysid: bool, t0: float) -> "AdaptResult":
+               cfg: AdaptConfig, seed: int, dev: torch.device, use_sysid: bool, t0: float,
+               world: Family | None = None) -> "AdaptResult":
     """Episode 1: the zero-shot policy (deterministic) at the believed values; its transitions
     identify the parameters. Then :func:`sim_finetune` at the identified values (no episodes).
     Episodes 2..K run the fine-tuned policy in the real env (the first from the zero-shot
     episode's start state); it is kept unless it does worse than the zero-shot episode both
     from that shared start and clearly on average (a guard against a wrong model)."""
-    family: Family = source.family
+    family: Family = source.family  # the model: identification and the simulator
+    world = world or family  # the system the episodes run in
     if hidden and not use_sysid:
         raise HyperrlError(f"--mode sim with --hidden needs system identification, which family "
                            f"'{family.name}' does not have (no batched simulator)")
@@ -1204,7 +1210,7 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
     if budget.remaining == 0:
         return AdaptResult("sim", zero, budget, info, ctx_of(belief), belief, wall_s=time.perf_counter() - t0)
     seed0 = ADAPT_SEED + 1000 * int(seed)
-    eps = run_episodes(family, env_values, zero.step_fn(True, None), 1, budget, seed=seed0,
+    eps = run_episodes(world, env_values, zero.step_fn(True, None), 1, budget, seed=seed0,
                        purpose="sim: zero-shot episode (identification)", device=dev)
     r_zero = float(eps.returns[0])
     info["episode_returns"].append(r_zero)
@@ -1223,11 +1229,11 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
     if budget.remaining > 0:
         # The first check starts where the zero-shot episode started (same seed): a paired
         # comparison, since Pendulum's return varies by hundreds with the start state.
-        paired = run_episodes(family, env_values, tuned.step_fn(True, None), 1, budget, seed=seed0,
+        paired = run_episodes(world, env_values, tuned.step_fn(True, None), 1, budget, seed=seed0,
                               purpose="sim: check in the real env (zero-shot's start)", device=dev)
         rets = [float(paired.returns[0])]
         if budget.remaining > 0:
-            more = run_episodes(family, env_values, tuned.step_fn(True, None), budget.remaining, budget,
+            more = run_episodes(world, env_values, tuned.step_fn(True, None), budget.remaining, budget,
                                 seed=seed0 + 1, purpose="sim: check in the real env", device=dev)
             rets += [float(x) for x in more.returns]
         info["episode_returns"] += rets
@@ -1290,9 +1296,10 @@ class _Squeeze(nn.Module):
 
 def adapt_reference(source: Any, reference: str, env_values: torch.Tensor, episodes: int,
                     cfg: AdaptConfig | None = None, seed: int = 0, device: torch.device | str = "cpu",
-                    dr_run: Any = None) -> AdaptResult:
+                    dr_run: Any = None, world: Family | None = None) -> AdaptResult:
     """``scratch`` (PPO from a fresh policy) or ``dr-finetune`` (PPO from the dr baseline's
-    SB3 policy) with exactly ``episodes`` episodes on the variant."""
+    SB3 policy) with exactly ``episodes`` episodes on the variant (run in ``world``, default
+    the run's family)."""
     cfg = cfg or AdaptConfig()
     dev = _device_of(device)
     family: Family = source.family
@@ -1306,7 +1313,7 @@ def adapt_reference(source: Any, reference: str, env_values: torch.Tensor, episo
             return WeightsLearner(pol, critic, cfg.lr, cfg.critic_lr)
 
         learner, info = _ppo_loop(make, env_values, False, family, env_values, budget, cfg, gamma, lam, rscale,
-                                  seed, dev, "scratch", False)
+                                  seed, dev, "scratch", False, world)
         return AdaptResult("scratch", learner.policy(), budget, info, wall_s=time.perf_counter() - t0)
     if reference == "dr-finetune":
         if dr_run is None:
@@ -1318,7 +1325,7 @@ def adapt_reference(source: Any, reference: str, env_values: torch.Tensor, episo
             return SB3Learner(model, cfg.lr)
 
         learner, info = _ppo_loop(make_sb3, env_values, False, family, env_values, budget, cfg, gamma, lam, 1.0,
-                                  seed, dev, "dr-finetune", False)
+                                  seed, dev, "dr-finetune", False, world)
         return AdaptResult("dr-finetune", learner, budget, info, wall_s=time.perf_counter() - t0)
     raise HyperrlError(f"unknown reference '{reference}'; expected one of: {', '.join(REFERENCES)}")
 
@@ -1400,17 +1407,18 @@ def _curve_point(budget: int, res: AdaptResult, returns: torch.Tensor) -> dict[s
 
 def run_line(source: Any, line: str, env_values: torch.Tensor, given_values: torch.Tensor | None,
              budgets: Sequence[int], cfg: AdaptConfig, seed: int, device: torch.device, eval_episodes: int,
-             dr_run: Any = None, log: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], AdaptResult]:
+             dr_run: Any = None, log: Callable[[str], None] | None = None,
+             world: Family | None = None) -> tuple[list[dict[str, Any]], AdaptResult]:
     """The curve of one mode or reference: an independent run per budget, each evaluated on
     the same fresh evaluation episodes. Returns the points and the largest budget's result."""
     points, last = [], None
     for b in budgets:
         if line in MODES:
-            res = adapt_mode(source, line, env_values, given_values, b, cfg, seed, device)
+            res = adapt_mode(source, line, env_values, given_values, b, cfg, seed, device, world)
         else:
-            res = adapt_reference(source, line, env_values, b, cfg, seed, device, dr_run)
+            res = adapt_reference(source, line, env_values, b, cfg, seed, device, dr_run, world)
         assert res.budget.used == b, (line, b, res.budget)
-        rets = evaluate_policy(source.family, res.policy, env_values, eval_episodes, EVAL_SEED, device)
+        rets = evaluate_policy(world or source.family, res.policy, env_values, eval_episodes, EVAL_SEED, device)
         pt = _curve_point(b, res, rets)
         if line == "hypernet" and b == max(budgets) and cfg.check_forgetting and source.family.batched:
             agent = res.info.get("_agent")
@@ -1560,6 +1568,11 @@ def _write_adapted(source: Any, out_dir: Path, mode: str, res: AdaptResult, run_
     return out_dir
 
 
+def _world_info(world: Family) -> dict[str, Any]:
+    return {"family": world.name, "fixed": dict(world.fixed), "env_kwargs": dict(world.env_kwargs),
+            "source": world.source or None}
+
+
 def adapt(
     run_dir: str | os.PathLike,
     values: Any,
@@ -1574,6 +1587,7 @@ def adapt(
     eval_episodes: int = 10,
     name: str | None = None,
     true_values: Any = None,
+    world: Any = None,
     checkpoint: str = "best",
     config: AdaptConfig | None = None,
     save: bool = True,
@@ -1585,7 +1599,11 @@ def adapt(
     ``values`` are the variant's parameters (``{name: v}``, ``[P]`` or ``["name=v", ...]``).
     With ``hidden`` the adapter is not told them (the episodes still run there). With
     ``true_values`` the episodes run in that variant while the adapter is told ``values``
-    (a misspecified model). Every error is raised before anything is written. Returns
+    (a misspecified model). ``world`` (a :class:`Family`, a family name or YAML path): the
+    episodes and the evaluations run in that family's env instead of the run's own; same
+    parameters, other ``fixed`` constants or env kwargs: a model error that no parameter value
+    absorbs (benchmarks of the ``sim`` mode). Every error is raised before anything is written.
+    Returns
     ``{"curves": {line: [points]}, "dirs": {mode: path}, "notes": [...], ...}``.
     """
     from hyperrl.cli import parse_device
@@ -1625,6 +1643,13 @@ def adapt(
     given = _parse_single_values(family, values, "--values")
     env_values = given if true_values is None else _parse_single_values(family, true_values, "--true-values")
     given_values = None if hidden else given
+    if world is not None:
+        if not isinstance(world, Family):
+            world = load_family(world)
+        if world.param_names != family.param_names or world.env_id != family.env_id:
+            raise HyperrlError(f"--world '{world.name}' ({world.env_id}: {', '.join(world.param_names)}) must have "
+                               f"the run's env and parameters ({family.env_id}: {', '.join(family.param_names)})")
+        world.validate(env_values.reshape(1, -1))
     dr_run = None
     notes: list[str] = []
     if dr is not None:
@@ -1661,7 +1686,7 @@ def adapt(
             log(f"{line}:")
         t_line = time.perf_counter()
         pts, last = run_line(source, line, env_values, given_values, bl, cfg, seed, dev, eval_episodes,
-                             dr_run, log)
+                             dr_run, log, world)
         curves[line] = pts
         finals[line] = last
         if log:
@@ -1671,6 +1696,7 @@ def adapt(
     result: dict[str, Any] = {"family": family.name, "values": family.as_dict(env_values),
                               "given_values": None if hidden else family.as_dict(given), "hidden": hidden,
                               "budget": episodes, "budgets": bl, "curves": curves, "notes": notes,
+                              "world": None if world is None else _world_info(world),
                               "dirs": {}, "wall_clock_s": wall}
     if not save:
         result["finals"] = finals
@@ -1685,6 +1711,7 @@ def adapt(
             "values_list": [float(x) for x in env_values], "mode": m, "hidden": hidden,
             "given_values": None if hidden else family.as_dict(given),
             "episodes_used": res.budget.used, "budget": episodes, "seed": seed,
+            "world": None if world is None else _world_info(world),
             "source_run": os.path.relpath(Path(run_dir).resolve(), (root / names[m]).resolve()),
             "source_run_abs": str(Path(run_dir).resolve()), "source_checkpoint": str(source.checkpoint_path),
             "version": _version(),
@@ -1866,6 +1893,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--true-values", action="append", default=None, metavar="NAME=V",
                         help="run the episodes in this variant while the adapter is told --values "
                              "(a misspecified model; testing)")
+    parser.add_argument("--world", default=None, metavar="FAMILY",
+                        help="run the episodes (and evaluations) in this family's env: a family YAML with "
+                             "the run's parameters but other fixed constants (a model error; testing)")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="adaptation setting, e.g. --set lr=3e-4 (see AdaptConfig in hyperrl/adapt.py)")
@@ -1886,6 +1916,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = adapt(args.run_dir, args.values, episodes=args.episodes, modes=args.mode, hidden=args.hidden,
                 seed=args.seed, device=args.device, dr=args.dr, references=not args.no_references,
                 budgets=budgets, eval_episodes=args.eval_episodes, name=args.name, true_values=args.true_values,
+                world=args.world,
                 checkpoint=args.checkpoint, config=cfg, force=args.force,
                 log=lambda s: print(s, file=sys.stderr))
     vals = ",".join(f"{k}={v:g}" for k, v in res["values"].items())

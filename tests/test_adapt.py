@@ -121,6 +121,48 @@ def test_budget_is_counted_exactly(source, line, monkeypatch):
         assert res.budget.env_steps == sum(e["steps"] for e in res.budget.log)
 
 
+@pytest.mark.parametrize("line", ["context", "weights", "sim", "scratch"])
+def test_world_runs_every_episode_in_its_env(source, line, monkeypatch):
+    """``world``: the episodes run in another family's env (here gravity 30 instead of 9.8,
+    a model error), while identification and the sim mode's simulator keep the run's family."""
+    import dataclasses
+
+    world = dataclasses.replace(source.family, name="cartpole-actuator-g30", fixed={"gravity": 30.0})
+    seen = []
+    real = hyperrl.sim.make_vec_env
+
+    def recording(family, num_envs, *a, **k):
+        seen.append((family.name, dict(family.constants()), int(num_envs)))
+        return real(family, num_envs, *a, **k)
+
+    monkeypatch.setattr(hyperrl.sim, "make_vec_env", recording)
+    k = 3
+    if line == "scratch":
+        res = adapt_reference(source, "scratch", v(TRUE), k, seed=1, world=world)
+    else:
+        cfg = AdaptConfig(sim_steps=2048)
+        res = adapt_mode(source, line, v(TRUE), v(TOLD), k, cfg, seed=1, world=world)
+    assert res.budget.used == k == sum(n for _, _, n in seen)
+    assert all(name == "cartpole-actuator-g30" and c["gravity"] == 30.0 for name, c, _ in seen), seen
+
+
+def test_world_evaluations_and_errors(actuator_run, source):
+    import dataclasses
+
+    world = dataclasses.replace(source.family, name="cartpole-actuator-g30", fixed={"gravity": 30.0})
+    kw = dict(episodes=1, modes="context", references=False, budgets=[0], eval_episodes=3, save=False)
+    home = adapt(actuator_run, TRUE, **kw)
+    away = adapt(actuator_run, TRUE, world=world, **kw)
+    pol = adapt_mod.generated_policy(source, v(TRUE))
+    # the zero-shot point is the generated policy evaluated in the world, not at home
+    assert away["curves"]["context"][0]["returns"] == evaluate_policy(world, pol, v(TRUE), 3).tolist()
+    assert home["curves"]["context"][0]["returns"] == evaluate_policy(source.family, pol, v(TRUE), 3).tolist()
+    assert away["curves"]["context"][0]["returns"] != home["curves"]["context"][0]["returns"]
+    assert away["world"]["fixed"] == {"gravity": 30.0} and home["world"] is None
+    with pytest.raises(HyperrlError, match="must have the run's env and parameters"):
+        adapt(actuator_run, TRUE, world="cartpole-mass", **kw)
+
+
 # --------------------------------------------------------------------------------------
 # Every mode improves on the mismatched variant
 # --------------------------------------------------------------------------------------
