@@ -195,6 +195,30 @@ def test_sim_mode_identifies_then_finetunes_in_simulation(source):
         assert any(not torch.equal(res.hypernet_state[k], src[k].cpu()) for k in src)
 
 
+@pytest.mark.parametrize("episodes", [1, 3])
+def test_sim_mode_reverts_a_finetune_that_loses_in_its_own_simulator(source, monkeypatch, episodes):
+    """The simulated comparison (free, common starts) rejects a fine-tune that does worse than
+    the zero-shot policy at the identified values, with or without real check episodes."""
+    import copy
+
+    def broken_finetune(src, values, cfg, seed, dev):
+        agent = copy.deepcopy(src.agent)
+        with torch.no_grad():
+            for p in agent.parameters():
+                p.mul_(-1.0)  # a policy that pushes the wrong way everywhere
+        return agent.to(dev), {"sim_steps": 0}
+
+    monkeypatch.setattr(adapt_mod, "sim_finetune", broken_finetune)
+    # told the true reversed motor: the zero-shot policy is the good one here
+    res = adapt_mode(source, "sim", v(TRUE), v(TRUE), episodes, AdaptConfig(), seed=0)
+    chk = res.info["sim_check_return"]
+    assert chk["tuned"] < chk["zero_shot"] and res.info["kept"] == "zero-shot"
+    assert res.hypernet_state is None and res.budget.used == episodes
+    zero = adapt_mode(source, "sim", v(TRUE), v(TRUE), 0, AdaptConfig()).policy
+    for k, w in zero.weights.items():
+        assert torch.equal(res.policy.weights[k], w), k
+
+
 def test_context_search_without_identification_tries_both_signs(source):
     cfg = AdaptConfig(identify=False)
     res = adapt_mode(source, "context", v(TRUE), None, 3, cfg, seed=0)  # hidden: sign unknown
