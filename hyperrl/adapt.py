@@ -1199,9 +1199,10 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
                world: Family | None = None) -> "AdaptResult":
     """Episode 1: the zero-shot policy (deterministic) at the believed values; its transitions
     identify the parameters. Then :func:`sim_finetune` at the identified values (no episodes).
-    Episodes 2..K run the fine-tuned policy in the real env (the first from the zero-shot
-    episode's start state); it is kept unless it does worse than the zero-shot episode both
-    from that shared start and clearly on average (a guard against a wrong model)."""
+    The fine-tuned policy is kept only if it beats the zero-shot one in the simulator (free
+    episodes from common starts) and, when episodes 2..K are left, is not worse in the real
+    env than the zero-shot episode both from that episode's start and clearly on average (a
+    guard against a wrong model)."""
     family: Family = source.family  # the model: identification and the simulator
     world = world or family  # the system the episodes run in
     if hidden and not use_sysid:
@@ -1234,7 +1235,7 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
     zero_at = generated_policy(source, values, dev)
     sim_ret = {name: float(evaluate_policy(family, pol, values, cfg.sim_check_episodes, SIM_CHECK_SEED, dev).mean())
                for name, pol in (("zero_shot", zero_at), ("tuned", tuned))}
-    sim_ok = sim_ret["tuned"] >= sim_ret["zero_shot"]
+    keep = sim_ret["tuned"] >= sim_ret["zero_shot"]
     info["sim_check_return"] = sim_ret
     state = {k: v.detach().cpu().clone() for k, v in agent.state_dict().items()}
     res = AdaptResult("sim", tuned, budget, info, ctx_of(values), values, hypernet_state=state)
@@ -1254,10 +1255,9 @@ def _sim_adapt(source: Any, env_values: torch.Tensor, belief: torch.Tensor, hidd
         # episode is a noisy yardstick, so only a clear loss reverts (a wrong model).
         r = torch.tensor(rets, dtype=torch.float64)
         se = float(r.std() / math.sqrt(len(rets))) if len(rets) > 1 else 0.0
-        real_ok = rets[0] >= r_zero or float(r.mean()) + 2.0 * se >= r_zero
-        sim_ok = sim_ok and real_ok
-    info["kept"] = "sim" if sim_ok else "zero-shot"
-    if not sim_ok:
+        keep = keep and (rets[0] >= r_zero or float(r.mean()) + 2.0 * se >= r_zero)
+    info["kept"] = "sim" if keep else "zero-shot"
+    if not keep:
         res = AdaptResult("sim", zero_at, budget, info, ctx_of(values), values)
     res.wall_s = time.perf_counter() - t0
     return res
@@ -1663,6 +1663,7 @@ def adapt(
             raise HyperrlError(f"--world '{world.name}' ({world.env_id}: {', '.join(world.param_names)}) must have "
                                f"the run's env and parameters ({family.env_id}: {', '.join(family.param_names)})")
         world.validate(env_values.reshape(1, -1))
+    world_info = None if world is None else _world_info(world)
     dr_run = None
     notes: list[str] = []
     if dr is not None:
@@ -1709,7 +1710,7 @@ def adapt(
     result: dict[str, Any] = {"family": family.name, "values": family.as_dict(env_values),
                               "given_values": None if hidden else family.as_dict(given), "hidden": hidden,
                               "budget": episodes, "budgets": bl, "curves": curves, "notes": notes,
-                              "world": None if world is None else _world_info(world),
+                              "world": world_info,
                               "dirs": {}, "wall_clock_s": wall}
     if not save:
         result["finals"] = finals
@@ -1724,7 +1725,7 @@ def adapt(
             "values_list": [float(x) for x in env_values], "mode": m, "hidden": hidden,
             "given_values": None if hidden else family.as_dict(given),
             "episodes_used": res.budget.used, "budget": episodes, "seed": seed,
-            "world": None if world is None else _world_info(world),
+            "world": world_info,
             "source_run": os.path.relpath(Path(run_dir).resolve(), (root / names[m]).resolve()),
             "source_run_abs": str(Path(run_dir).resolve()), "source_checkpoint": str(source.checkpoint_path),
             "version": _version(),
