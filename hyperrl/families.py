@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from hyperrl.errors import FamilyError
+from hyperrl.resources import builtin_dir
 
 __all__ = [
     "Family",
@@ -46,11 +47,11 @@ _SCALES = ("linear", "log")
 
 
 def builtin_families_dir() -> Path:
-    """The folder of built-in family YAMLs (``envs/`` beside the package, or $HYPERRL_ENVS_DIR)."""
+    """The folder of built-in family YAMLs: $HYPERRL_ENVS_DIR when set, else the shipped ``envs``."""
     override = os.environ.get("HYPERRL_ENVS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "envs"
+    return builtin_dir("envs")
 
 
 def list_families() -> list[str]:

@@ -32,13 +32,12 @@ from hyperrl.evaluation import evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
 from hyperrl.fileio import new_run_dir, write_json
 from hyperrl.ppo import explained_variance, gae, ppo_loss
+from hyperrl.resources import builtin_dir
 from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
 from hyperrl.sim import BatchedSim, make_vec_env
 from hyperrl.train_config import TrainConfig
 
-__all__ = ["train", "main", "resolve_config", "TrainingDiverged"]
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+__all__ = ["train", "main", "resolve_config", "builtin_configs_dir", "TrainingDiverged"]
 
 
 class TrainingDiverged(HyperrlError):
@@ -452,14 +451,20 @@ def train(
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
+def builtin_configs_dir() -> Path:
+    """The folder of the built-in training configs (``configs/<family>.yaml``)."""
+    return builtin_dir("configs")
+
+
 def resolve_config(family: Family, config_path: str | None, overrides: Sequence[str],
                    seed: int | None = None, total_steps: int | None = None,
                    device: str | None = None) -> TrainConfig:
     """Defaults <- configs/<family>.yaml (or --config) <- --set overrides <- explicit flags."""
+    builtin = builtin_configs_dir() / f"{family.name}.yaml"
     if config_path is not None:
         cfg = load_yaml_config(TrainConfig, config_path)
-    elif (CONFIG_DIR / f"{family.name}.yaml").is_file():
-        cfg = load_yaml_config(TrainConfig, CONFIG_DIR / f"{family.name}.yaml")
+    elif builtin.is_file():
+        cfg = load_yaml_config(TrainConfig, builtin)
     else:
         cfg = TrainConfig()
     cfg = apply_overrides(cfg, list(overrides))
