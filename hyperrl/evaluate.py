@@ -23,7 +23,8 @@ Each variant runs ``--episodes`` episodes (default 10) with deterministic action
 Gymnasium envs (default) or on the family's batched simulator (``--backend batched``).
 Episode ``e`` of variant ``m`` is env ``i = m * K + e``, reset with seed ``seed + i`` on
 both backends (the batched simulator starts from Gymnasium's initial states and runs in
-float64), so the two backends give the same returns for the same policy.
+float64), so the two backends give the same returns for the same policy, up to float
+rounding that a long balancing episode can amplify.
 
 Outputs (written only after the evaluation succeeded, each file atomically):
 ``RUN_DIR/eval/<name>/results.json``, ``results.csv``, ``return_vs_param.png``; the same
@@ -202,8 +203,10 @@ def run_evaluation(
 
     Env ``i = m * episodes + e`` is reset with seed ``seed + i`` on both backends (the
     batched simulator starts from Gymnasium's initial states, in float64), so the two
-    backends agree. Large selections run in chunks of at most ``MAX_ENVS_PER_CALL`` envs
-    with the same env-to-seed mapping.
+    backends agree up to float rounding (the sim's ``sin``/``cos`` may differ from Python's
+    in the last bit, and a balancing episode of hundreds of steps can amplify that). Large
+    selections run in chunks of at most ``MAX_ENVS_PER_CALL`` envs with the same env-to-seed
+    mapping.
     """
     if backend not in BACKENDS:
         raise HyperrlError(f"unknown backend '{backend}'; expected one of: {', '.join(BACKENDS)}")
@@ -508,7 +511,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="N points per parameter across the physical bounds")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per variant")
     parser.add_argument("--backend", choices=BACKENDS, default="gymnasium",
-                        help="real Gymnasium envs, or the family's batched simulator (same returns)")
+                        help="real Gymnasium envs, or the family's batched simulator (the same physics step for step; "
+                             "returns agree up to float rounding, which a long balancing episode can amplify)")
     parser.add_argument("--seed", type=int, default=0, help="env i is reset with seed + i")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,

@@ -71,7 +71,8 @@ def evaluate_values(
     :func:`hyper_actor` with ``deterministic``). Env ``i`` (variant ``i // episodes``) is
     reset with seed ``seed + i`` on the Gymnasium backend. ``gymnasium_resets=True`` makes a
     batched simulator start from exactly those Gymnasium initial states (instead of its own
-    draws), so with ``dtype=torch.float64`` both backends give the same returns.
+    draws), so with ``dtype=torch.float64`` both backends give the same returns (up to float
+    rounding, which a long balancing episode can amplify).
     """
     if isinstance(actor, HyperAgent):
         actor = hyper_actor(actor, deterministic, seed)

@@ -1,13 +1,25 @@
-"""The batched torch simulators reproduce Gymnasium, env by env, across autoresets.
+"""The batched torch simulators reproduce Gymnasium's physics, one step at a time.
 
-For random parameter draws of a family, one real Gymnasium env per variant
-(``family.make_env``, its own TimeLimit) and one batched sim run side by side in float64
-(a balanced pole amplifies float32 rounding) from the same initial states with the same
-actions. Observations, rewards, ``terminated`` and ``truncated`` must agree at every step
-of several whole episodes per env, time-limit truncations included. At each autoreset the
-sim's env takes its row of ``next_params``: the test gives it a new variant, applies the
-same values to the Gymnasium env (``family.apply``), resets that env and copies its state
-into the sim, so the next episode checks the new variant's physics too.
+For random parameter draws of every family with a batched simulator, one real Gymnasium env
+per variant (``family.make_env``, its own TimeLimit) and one batched sim run side by side in
+float64. Before every step the sim's state is re-synced from the Gymnasium envs, so each
+step compares one transition from the very same state and action: the next state (as the
+sim's observation of it), the reward, ``terminated`` and ``truncated``, tightly (``TOL``, far
+below the physics' own scale), across whole episodes, time-limit truncations and autoresets.
+
+Why one step at a time: the sim computes ``sin``/``cos`` with torch, Gymnasium with Python's
+``math``; the two may differ in the last bit on another CPU or math library. Near CartPole's
+or Pendulum's unstable equilibrium such a difference grows ~e^(0.09 t) per step, so an
+open-loop comparison over hundreds of steps would pass or fail on rounding, not on physics.
+From a shared state, one step differs by ~1e-16, and a wrong mass, sign or order of update
+by ~1e-3 or more. The ``nudge`` variants move the sim's state by one ulp (``np.nextafter``)
+at random steps and must pass too: a test that survives that cannot hang on another
+machine's rounding. A termination decided differently is accepted only when the state lies
+within ``TOL`` of a termination threshold (the one place where one ulp legitimately decides).
+
+At each autoreset the sim's env takes its row of ``next_params``: the test gives it a new
+variant, applies the same values to the Gymnasium env (``family.apply``) and resets it, so
+the next episode checks the new variant's physics too.
 """
 
 from __future__ import annotations
@@ -17,21 +29,42 @@ import numpy as np
 import pytest
 import torch
 
-from hyperrl.families import load_family
+from hyperrl.families import list_families, load_family
 from hyperrl.sim import make_vec_env
+from hyperrl.sim.base import BatchedSim
 from hyperrl.sim.cartpole import BatchedCartPole
 from hyperrl.sim.pendulum import BatchedPendulum
 
-ATOL = 1e-5
 F64 = torch.float64
+TOL = 1e-10  # one float64 step from a shared state: rounding differences are ~1e-16
+OBS32 = dict(rtol=1e-6, atol=1e-7)  # Gymnasium's float32 observation of a float64 state
+BATCHED_FAMILIES = [f for f in list_families() if load_family(f).batched is not None]
 
 
-def _copy_state(sim, i: int, env) -> None:
-    sim.state[i] = torch.as_tensor(np.asarray(env.unwrapped.state, dtype=np.float64), dtype=sim.dtype)
+def gym_states(envs) -> np.ndarray:
+    """[N, STATE_DIM] float64: every Gymnasium env's exact internal state."""
+    return np.stack([np.asarray(e.unwrapped.state, dtype=np.float64) for e in envs])
 
 
-def _cartpole_actions(obs: np.ndarray, force_sign: np.ndarray, p_random: np.ndarray,
-                      rng: np.random.Generator) -> np.ndarray:
+def nudge_one_ulp(state: torch.Tensor, rows: np.ndarray, rng: np.random.Generator) -> None:
+    """Move one random coordinate of each of ``rows`` by one ulp, up or down (in place)."""
+    for i in rows:
+        j = int(rng.integers(state.shape[1]))
+        x = float(state[i, j])
+        state[i, j] = float(np.nextafter(x, np.inf if rng.random() < 0.5 else -np.inf))
+        assert float(state[i, j]) != x
+
+
+def threshold_margin(sim: BatchedSim, state: np.ndarray) -> np.ndarray:
+    """[N] distance of each state to the nearest termination threshold (inf: none)."""
+    if isinstance(sim, BatchedCartPole):
+        return np.minimum(np.abs(np.abs(state[:, 0]) - sim.x_threshold),
+                          np.abs(np.abs(state[:, 2]) - sim.theta_threshold_radians))
+    return np.full(len(state), np.inf)
+
+
+def cartpole_actions(obs: np.ndarray, force_sign: np.ndarray, p_random: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
     """Balance (push toward where the pole falls, through the motor's sign) with some
     random pushes mixed in; ``p_random`` 0 balances to the time limit, 1 is a random walk."""
     push_right = (obs[:, 2] + 0.5 * obs[:, 3] > 0) == (force_sign > 0)
@@ -39,14 +72,45 @@ def _cartpole_actions(obs: np.ndarray, force_sign: np.ndarray, p_random: np.ndar
     return np.where(random, rng.integers(0, 2, len(obs)), push_right.astype(np.int64))
 
 
-def run_side_by_side(family_name: str, n: int, steps: int, seed: int, branch_free: bool = False):
-    """Step ``n`` variants of a family in the batched sim and in Gymnasium; assert they
-    agree; return per-env counts of terminations and truncations."""
+def step_side_by_side(sim: BatchedSim, envs: list, actions: np.ndarray, nudge_rows: np.ndarray,
+                      rng: np.random.Generator, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Re-sync the sim from ``envs``, nudge ``nudge_rows``, step both with ``actions``
+    ([N] ints or [N, A] floats) and assert the one-step transitions agree.
+
+    Returns Gymnasium's (float32 obs [N, D], terminated [N], truncated [N])."""
+    sim.state = torch.from_numpy(gym_states(envs)).to(sim.dtype)
+    nudge_one_ulp(sim.state, nudge_rows, rng)
+    out = sim.step(torch.from_numpy(actions))
+    results = [env.step(int(a) if actions.ndim == 1 else a) for env, a in zip(envs, actions)]
+    obs = np.stack([np.asarray(r[0], dtype=np.float32) for r in results])
+    reward = np.array([float(r[1]) for r in results])
+    term = np.array([bool(r[2]) for r in results])
+    trunc = np.array([bool(r[3]) for r in results])
+    nxt = gym_states(envs)  # the state each env reached, before any reset
+
+    # next state (through the sim's observation function, which is tested against Gymnasium's
+    # float32 observation just below) and reward: tight
+    expected = sim.observe(torch.from_numpy(nxt).to(sim.dtype)).numpy()
+    np.testing.assert_allclose(out.final_obs.numpy(), expected, rtol=TOL, atol=TOL, err_msg=where)
+    np.testing.assert_allclose(expected, obs, **OBS32, err_msg=f"{where}: observation function")
+    np.testing.assert_allclose(out.reward.numpy(), reward, rtol=TOL, atol=TOL, err_msg=where)
+    assert np.array_equal(out.truncated.numpy(), trunc), where
+    differs = out.terminated.numpy() != term
+    assert (threshold_margin(sim, nxt)[differs] <= TOL).all(), f"{where}: terminated differs for {np.where(differs)[0]}"
+    return obs, term, trunc
+
+
+def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: bool = False,
+                     branch_free: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Step ``n`` random variants of a family in the batched sim and in Gymnasium, one
+    re-synced step at a time; assert they agree; return per-env counts of terminations and
+    truncations."""
     family = load_family(family_name)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     values = family.sample(n, gen, dtype=F64)
     sim = make_vec_env(family, n, dtype=F64, seed=seed)
+    assert isinstance(sim, BatchedSim)
     sim.branch_free_autoreset = branch_free
     sim.reset(params=values)
     nxt = family.sample(n, gen, dtype=F64)
@@ -54,56 +118,43 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, branch_fre
     current = values.clone()  # the values each Gymnasium env runs with now
 
     envs = [family.make_env(values[i]) for i in range(n)]
-    gym_obs = np.zeros((n, sim.obs_dim))
-    for i, env in enumerate(envs):
-        gym_obs[i], _ = env.reset(seed=seed * 1000 + i)
-        _copy_state(sim, i, env)
-    np.testing.assert_allclose(sim.observe(sim.state).numpy(), gym_obs, atol=ATOL, rtol=0)
-
+    obs = np.stack([env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)])
     is_cartpole = isinstance(sim, BatchedCartPole)
     force_col = family.param_names.index("force_mag") if "force_mag" in family.param_names else None
     p_random = np.array([0.0, 0.02, 0.3, 1.0])[np.arange(n) % 4]
+    nudge_at = rng.integers(0, steps, size=(3, n)) if nudge else np.full((3, n), -1)
     terminations = np.zeros(n, dtype=int)
     truncations = np.zeros(n, dtype=int)
     for t in range(steps):
+        where = f"{family_name} step {t}"
         if is_cartpole:
             sign = current[:, force_col].numpy() if force_col is not None else np.ones(n)
-            actions = _cartpole_actions(gym_obs, sign, p_random, rng)
-            out = sim.step(torch.from_numpy(actions))
-            gym_actions = [int(a) for a in actions]
+            actions = cartpole_actions(obs, sign, p_random, rng)
         else:
             actions = rng.uniform(-3.0, 3.0, size=(n, 1))  # beyond +-max_torque: clipped
-            out = sim.step(torch.from_numpy(actions))
-            gym_actions = list(actions)  # float64, as the sim sees them
+        assert torch.equal(sim.params, current), where
+        obs, term, trunc = step_side_by_side(sim, envs, actions, np.flatnonzero((nudge_at == t).any(0)), rng, where)
+        out_obs = sim.observe(sim.state).numpy()
         elapsed = sim.elapsed.numpy()
-        for i, env in enumerate(envs):
-            o, r, term, trunc, _ = env.step(gym_actions[i])
-            where = f"{family_name} env {i} step {t}"
-            assert bool(out.terminated[i]) == term, where
-            assert bool(out.truncated[i]) == trunc, where
-            assert float(out.reward[i]) == pytest.approx(r, abs=ATOL), where
-            np.testing.assert_allclose(out.final_obs[i].numpy(), o, atol=ATOL, rtol=0, err_msg=where)
-            if not (term or trunc):
-                np.testing.assert_allclose(out.obs[i].numpy(), o, atol=ATOL, rtol=0, err_msg=where)
-                assert elapsed[i] == env._elapsed_steps, where
-                gym_obs[i] = o
-                continue
-            # Autoreset: counter back to 0, params taken from next_params, a fresh start
-            # in the reset range already returned as obs.
-            terminations[i] += term
-            truncations[i] += trunc
-            assert elapsed[i] == 0, where
-            assert torch.equal(sim.params[i], nxt[i]), where
-            np.testing.assert_allclose(out.obs[i].numpy(), sim.observe(sim.state)[i].numpy(), atol=0)
-            if is_cartpole:
-                assert bool((out.obs[i].abs() <= 0.05).all()), where
-            # Gymnasium: the same new variant, reset, and its start copied into the sim.
-            family.apply(env, nxt[i])
+        sim_reset = elapsed == 0  # after a step the counter is 0 only where the sim autoreset
+        ended = term | trunc | sim_reset  # they differ only within TOL of a threshold (checked)
+        live = np.flatnonzero(~ended)
+        assert (elapsed[live] == np.array([envs[i]._elapsed_steps for i in live])).all(), where
+        for i in np.flatnonzero(ended):
+            terminations[i] += term[i]
+            truncations[i] += trunc[i]
+            if sim_reset[i]:
+                # Autoreset: params taken from next_params, a fresh start in the reset range
+                # already returned as obs.
+                assert torch.equal(sim.params[i], nxt[i]), where
+                if is_cartpole:
+                    assert bool((np.abs(out_obs[i]) <= 0.05).all()), where
+            else:  # Gymnasium ended on a threshold the sim missed by an ulp: restart both
+                sim.params[i], sim.elapsed[i] = nxt[i], 0
+            # Gymnasium: the same new variant, reset; the next step re-syncs the sim from it.
+            family.apply(envs[i], nxt[i])
             current[i] = nxt[i]
-            gym_obs[i], _ = env.reset()
-            _copy_state(sim, i, env)
-            np.testing.assert_allclose(sim.observe(sim.state)[i].numpy(), gym_obs[i], atol=ATOL, rtol=0,
-                                       err_msg=where)
+            obs[i] = envs[i].reset()[0]
             nxt[i] = family.sample(1, gen, dtype=F64)[0]
             sim.next_params[i] = nxt[i]
     for env in envs:
@@ -111,25 +162,43 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, branch_fre
     return terminations, truncations
 
 
-@pytest.mark.parametrize("family_name", ["cartpole-mass-length", "cartpole-actuator"])
-def test_cartpole_matches_gymnasium(family_name):
-    term, trunc = run_side_by_side(family_name, n=24, steps=1100, seed=3)
-    assert trunc.sum() >= 3, "no episode reached the 500-step time limit"
-    assert term.sum() >= 50, "too few terminations to exercise autoreset"
-    assert ((term + trunc) >= 2).all(), "every env should run several episodes"
+def _episodes_ok(family_name: str, term: np.ndarray, trunc: np.ndarray) -> None:
+    if family_name.startswith("pendulum"):
+        assert term.sum() == 0 and (trunc >= 2).all()  # never terminates; cut at 200 steps
+    else:
+        assert trunc.sum() >= 2, "no episode reached the 500-step time limit"
+        assert term.sum() >= 30, "too few terminations to exercise autoreset"
+        assert ((term + trunc) >= 2).all(), "every env should run several episodes"
 
 
-def test_pendulum_matches_gymnasium():
-    term, trunc = run_side_by_side("pendulum-mass-length", n=24, steps=450, seed=5)
-    assert term.sum() == 0  # Pendulum never terminates
-    assert (trunc == 2).all()  # every episode is cut at 200 steps
+@pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
+@pytest.mark.parametrize("family_name", BATCHED_FAMILIES)
+def test_batched_sim_matches_gymnasium_step_by_step(family_name, nudge):
+    steps = 450 if family_name.startswith("pendulum") else 1050
+    term, trunc = run_side_by_side(family_name, n=16, steps=steps, seed=3, nudge=nudge)
+    _episodes_ok(family_name, term, trunc)
 
 
+@pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
 @pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length"])
-def test_branch_free_autoreset_matches_too(family_name):
+def test_branch_free_autoreset_matches_too(family_name, nudge):
     """The accelerator path (draw N starts and blend, no host sync), run on the CPU."""
-    term, trunc = run_side_by_side(family_name, n=8, steps=520, seed=11, branch_free=True)
+    term, trunc = run_side_by_side(family_name, n=8, steps=520, seed=11, nudge=nudge, branch_free=True)
     assert (term + trunc).sum() > 0
+
+
+def test_a_small_physics_error_is_caught():
+    """The tolerance sees a small physics error in one step: a sim whose gravity is 0.1 %
+    off (or whose pole is 0.1 % heavier) fails the step-by-step comparison."""
+    for name, value in (("gravity", 9.8 * 1.001), ("masspole", 0.1 * 1.001)):
+        sim = BatchedCartPole(4, (), dtype=F64, constants={name: value}, seed=0)
+        sim.reset()
+        envs = [gym.make("CartPole-v1") for _ in range(4)]
+        for i, env in enumerate(envs):
+            env.reset(seed=i)
+        with pytest.raises(AssertionError):
+            step_side_by_side(sim, envs, np.array([0, 1, 0, 1]), np.array([], dtype=int),
+                              np.random.default_rng(0), f"wrong {name}")
 
 
 @pytest.mark.parametrize(
@@ -165,7 +234,8 @@ def test_cartpole_reads_force_sign_and_action_formats():
 
 
 def test_float32_default_and_device_consistency():
-    """Default dtype float32 runs, keeps its dtype and device, and stays close to float64."""
+    """Default dtype float32 runs, keeps its dtype and device, and one step from the same
+    state stays within float32 rounding of float64 (re-synced every step)."""
     family = load_family("cartpole-mass")
     gen = torch.Generator().manual_seed(0)
     values = family.sample(16, gen)
@@ -174,21 +244,22 @@ def test_float32_default_and_device_consistency():
         sim = make_vec_env(family, 16, dtype=dtype, seed=1)
         sim.reset(params=values)
         sims[dtype] = sim
-    sims[torch.float32].state = sims[F64].state.float()
     actions = (torch.arange(30)[:, None] + torch.arange(16)) % 2  # wiggles, rarely falls
     live = torch.ones(16, dtype=torch.bool)  # envs not yet reset (the two draw different starts)
     for a in actions:
+        sims[torch.float32].state = sims[F64].state.float()
         o32, o64 = sims[torch.float32].step(a), sims[F64].step(a)
         assert o32.obs.dtype == o32.final_obs.dtype == o32.reward.dtype == torch.float32
         assert o32.terminated.dtype == o32.truncated.dtype == torch.bool
         live &= ~(o64.terminated | o64.truncated | o32.terminated | o32.truncated)
-        torch.testing.assert_close(o32.final_obs[live].double(), o64.final_obs[live], atol=1e-4, rtol=0)
+        torch.testing.assert_close(o32.final_obs[live].double(), o64.final_obs[live], atol=1e-5, rtol=1e-5)
     assert live.sum() >= 8
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length"])
 def test_cuda_matches_cpu(family_name):
+    """One re-synced step at a time (CUDA's sin/cos round differently from the CPU's)."""
     family = load_family(family_name)
     gen = torch.Generator().manual_seed(0)
     values = family.sample(64, gen, dtype=F64)
@@ -196,17 +267,17 @@ def test_cuda_matches_cpu(family_name):
     gpu = make_vec_env(family, 64, device="cuda", dtype=F64, seed=0)
     cpu.reset(params=values)
     gpu.reset(params=values)
-    gpu.state = cpu.state.cuda()
     for _ in range(30):
+        gpu.state = cpu.state.cuda()  # resets draw from different generators
         if isinstance(cpu, BatchedCartPole):
             a = torch.randint(0, 2, (64,), generator=gen)
         else:
             a = torch.rand(64, 1, generator=gen, dtype=F64) * 4 - 2
         oc, og = cpu.step(a), gpu.step(a.cuda())
-        assert torch.equal(oc.terminated, og.terminated.cpu())
-        torch.testing.assert_close(og.final_obs.cpu(), oc.final_obs, atol=1e-9, rtol=0)
-        torch.testing.assert_close(og.reward.cpu(), oc.reward, atol=1e-9, rtol=0)
-        gpu.state = cpu.state.cuda()  # resets draw from different generators
+        differs = (oc.terminated != og.terminated.cpu()).numpy()
+        assert (threshold_margin(cpu, oc.final_obs.numpy())[differs] <= TOL).all()
+        torch.testing.assert_close(og.final_obs.cpu(), oc.final_obs, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(og.reward.cpu(), oc.reward, atol=TOL, rtol=TOL)
 
 
 def _gym_with(env_id: str, name: str, value: float):
@@ -237,33 +308,23 @@ _ATTRS = [
 ]
 
 
+@pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
 @pytest.mark.parametrize(("cls", "env_id", "name", "vals"), _ATTRS, ids=[a[2] for a in _ATTRS])
-def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals):
+def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nudge):
     n = len(vals)
     sim = cls(n, (name,), dtype=F64, seed=0)
     sim.reset(params=torch.tensor(vals, dtype=F64).reshape(n, 1))
     envs = [_gym_with(env_id, name, v) for v in vals]
     for i, env in enumerate(envs):
         env.reset(seed=i)
-        _copy_state(sim, i, env)
     rng = np.random.default_rng(0)
+    nudge_at = set(rng.integers(0, 120, size=10).tolist()) if nudge else set()
     for t in range(120):
-        if cls is BatchedCartPole:
-            a = rng.integers(0, 2, n)
-            gym_a = [int(x) for x in a]
-        else:
-            a = rng.uniform(-3.0, 3.0, (n, 1))
-            gym_a = list(a)
-        out = sim.step(torch.from_numpy(a))
-        for i, env in enumerate(envs):
-            o, r, term, trunc, _ = env.step(gym_a[i])
-            where = f"{name} step {t}"
-            np.testing.assert_allclose(out.final_obs[i].numpy(), o, atol=ATOL, rtol=0, err_msg=where)
-            assert float(out.reward[i]) == pytest.approx(r, abs=ATOL)
-            assert (bool(out.terminated[i]), bool(out.truncated[i])) == (term, trunc)
-            if term or trunc:
-                env.reset()
-                _copy_state(sim, i, env)
+        a = rng.integers(0, 2, n) if cls is BatchedCartPole else rng.uniform(-3.0, 3.0, (n, 1))
+        rows = np.arange(n) if t in nudge_at else np.array([], dtype=int)
+        _, term, trunc = step_side_by_side(sim, envs, a, rows, rng, f"{name} step {t}")
+        for i in np.flatnonzero(term | trunc):
+            envs[i].reset()  # the sim autoreset with the same values; re-synced next step
 
 
 def test_unknown_attribute_is_refused():
