@@ -107,13 +107,14 @@ import torch
 from torch import nn
 
 from hyperrl.api import Values, read_run_info, register_loader
-from hyperrl.config import ConfigError, apply_overrides, opt
+from hyperrl.config import Checked, ConfigError, apply_overrides, opt
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
 from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
 from hyperrl.families import Family, load_family
 from hyperrl.hypernet import functional_mlp, make_target_mlp
 from hyperrl.ppo import Categorical, DiagGaussian, gae, ppo_loss
+from hyperrl.seeding import MAX_SEED
 
 __all__ = [
     "MODES",
@@ -150,36 +151,38 @@ FORMAT = 1
 # Settings
 # ======================================================================================
 @dataclass(frozen=True)
-class AdaptConfig:
+class AdaptConfig(Checked):
     """Adaptation settings (``--set KEY=VALUE`` on the command line), loaded like the
     training config (:func:`hyperrl.config.apply_overrides`: unknown keys, wrong types and
-    out-of-range values are refused); every integer is >= 1, every number >= 0 and finite."""
+    out-of-range values are refused, each range declared with its key below)."""
 
     # context search
     sigma: float = opt(0.5, "initial std of the context search, in context units (train range = [-1, 1])",
-                       min=0.0)
+                       gt=0.0)
     sigma_min: float = opt(0.05, "smallest std of the context search", min=0.0)
-    sigma_decay: float = opt(0.8, "context-search std factor per candidate drawn", min=0.0)
-    elite_frac: float = opt(0.3, "fraction of the tried candidates the cross-entropy draws centre on", min=0.0)
+    sigma_decay: float = opt(0.8, "context-search std factor per candidate drawn", gt=0.0, max=1.0)
+    elite_frac: float = opt(0.3, "fraction of the tried candidates the cross-entropy draws centre on",
+                            gt=0.0, max=1.0)
     crn: bool = opt(True, "a candidate's k-th episode starts from the k-th common seeded initial state")
     race_evals: int = opt(2, "candidates tied for the best mean are re-evaluated up to this many episodes", min=1)
     # system identification
     identify: bool = opt(True, "identify the parameters from the recorded transitions (batched simulator)")
-    mismatch_ratio: float = opt(4.0, "given values are replaced when they predict this many times worse", min=0.0)
+    mismatch_ratio: float = opt(4.0, "given values are replaced when they predict this many times worse",
+                                min=1.0)
     sysid_transitions: int = opt(512, "at most this many recorded transitions are replayed", min=1)
     # PPO (weights, hypernet and the references)
     episodes_per_update: int = opt(1, "episodes per PPO update", min=1)
-    lr: float = opt(1e-3, "learning rate: weights mode, scratch and dr-finetune policy parameters", min=0.0)
-    hypernet_lr: float = opt(1e-4, "learning rate of the hypernetwork (hypernet mode)", min=0.0)
-    critic_lr: float = opt(1e-3, "learning rate of the critic", min=0.0)
+    lr: float = opt(1e-3, "learning rate: weights mode, scratch and dr-finetune policy parameters", gt=0.0)
+    hypernet_lr: float = opt(1e-4, "learning rate of the hypernetwork (hypernet mode)", gt=0.0)
+    critic_lr: float = opt(1e-3, "learning rate of the critic", gt=0.0)
     update_epochs: int = opt(10, "epochs per PPO update", min=1)
     minibatch_size: int = opt(64, "PPO minibatch size (samples)", min=1)
-    clip_coef: float = opt(0.2, "PPO ratio clip", min=0.0)
+    clip_coef: float = opt(0.2, "PPO ratio clip", gt=0.0)
     ent_coef: float = opt(0.0, "entropy bonus coefficient", min=0.0)
     vf_coef: float = opt(0.5, "value loss coefficient", min=0.0)
-    max_grad_norm: float = opt(0.5, "gradient norm clip (per parameter group)", min=0.0)
+    max_grad_norm: float = opt(0.5, "gradient norm clip (per parameter group)", gt=0.0)
     target_kl: float | None = opt(0.01, "stop an update's epochs when the mean approx. KL exceeds this "
-                                  "(null: never)", min=0.0)
+                                  "(null: never)", gt=0.0)
     norm_adv: bool = opt(True, "normalise advantages per update batch")
     # hypernet mode: regulariser toward the pre-trained hypernetwork
     reg_coef: float = opt(1.0, "hypernet mode: weight of the L2 penalty toward the pre-trained outputs",
@@ -189,18 +192,12 @@ class AdaptConfig:
     # sim mode: fine-tune in the family's simulator at the identified parameters
     sim_steps: int = opt(2_000_000, "sim mode: simulated env steps (they cost no episodes of the real env)",
                          min=1)
-    sim_lr_scale: float = opt(1.0, "sim mode: fraction of the run's learning rate (annealed to 0)", min=0.0)
+    sim_lr_scale: float = opt(1.0, "sim mode: fraction of the run's learning rate (annealed to 0)", gt=0.0)
     sim_spread: float = opt(0.05, "sim mode: simulated variants drawn within +-this fraction of each "
-                            "identified value", min=0.0)
+                            "identified value", min=0.0, max=0.9)
     sim_check_episodes: int = opt(64, "sim mode: simulated episodes (free) on which the fine-tuned policy "
                                   "must beat the zero-shot one at the identified values", min=1)
     check_forgetting: bool = opt(True, "evaluate the interpolation held-out set before/after (hypernet mode)")
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{f.name} must be a finite number, got {v!r}")
 
     @classmethod
     def from_overrides(cls, items: Sequence[str] | None) -> "AdaptConfig":
@@ -1179,8 +1176,8 @@ def sim_finetune(source: Any, values: torch.Tensor, cfg: AdaptConfig, seed: int,
         return (lo.to(u.device) + u * (hi - lo).to(u.device)).to(dev or u.device, dtype)  # [n, P]
 
     sim_cfg = dataclasses.replace(
-        tcfg, seed=int(seed) + 1, device=str(device), total_steps=int(cfg.sim_steps), stop_at_return=None,
-        progress=False, histogram_interval_evals=0, checkpoint_interval_steps=10**12,
+        tcfg, seed=(int(seed) + 1) % (MAX_SEED + 1), device=str(device), total_steps=int(cfg.sim_steps),
+        stop_at_return=None, progress=False, histogram_interval_evals=0, checkpoint_interval_steps=10**12,
         ppo=dataclasses.replace(tcfg.ppo, lr=tcfg.ppo.lr * cfg.sim_lr_scale),
         eval=dataclasses.replace(tcfg.eval, interval_steps=10**12, episodes=1))
     with tempfile.TemporaryDirectory(prefix="hyperrl-sim-") as tmp:
@@ -1872,7 +1869,7 @@ register_loader("adapted", load_adapted)
 # CLI
 # ======================================================================================
 def main(argv: Sequence[str] | None = None) -> int:
-    from hyperrl.cli import make_parser
+    from hyperrl.cli import int_range, make_parser, seed_arg
 
     parser = make_parser(
         "python -m hyperrl.adapt",
@@ -1886,13 +1883,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--values", action="append", required=True, metavar="NAME=V",
                         help="the variant: one value per parameter (repeat for each parameter, or all in "
                              "one: m=2,l=0.8)")
-    parser.add_argument("--episodes", type=int, default=10, metavar="K",
+    parser.add_argument("--episodes", type=int_range(1), default=10, metavar="K",
                         help="adaptation budget: environment episodes, all uses counted")
     parser.add_argument("--mode", default="context",
                         help="context | weights | hypernet | sim | all (or a comma-separated list)")
     parser.add_argument("--hidden", action="store_true",
                         help="do not tell the adapter the values: it must find a context from its episodes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--dr", metavar="DR_RUN_DIR", default=None,
                         help="a 'dr' baseline run dir (python -m hyperrl.baselines --method dr) for the "
@@ -1900,7 +1897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-references", action="store_true", help="skip the scratch and dr-finetune references")
     parser.add_argument("--budgets", default=None, metavar="B1,B2,...",
                         help="budgets to report (default 0,1,2,5,10 up to K; 0 and K are always added)")
-    parser.add_argument("--eval-episodes", type=int, default=10,
+    parser.add_argument("--eval-episodes", type=int_range(1), default=10,
                         help="fresh evaluation episodes per reported budget (not counted)")
     parser.add_argument("--name", default=None, help="output folder name under RUN_DIR/adapt/")
     parser.add_argument("--force", action="store_true", help="replace an existing RUN_DIR/adapt/<name>/")
@@ -1913,11 +1910,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="adaptation setting, e.g. --set lr=3e-4 (see AdaptConfig in hyperrl/adapt.py)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int_range(0), default=1, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)
 
-    if args.threads < 0:
-        raise HyperrlError("--threads must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     budgets = None

@@ -50,7 +50,7 @@ import torch
 
 from hyperrl import __version__
 from hyperrl.api import Values, register_loader
-from hyperrl.cli import main_guard, make_parser, parse_device
+from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import new_run_dir, write_json
 from hyperrl.evaluation import Actor, ActorFactory, evaluate_values
@@ -121,6 +121,11 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 _SCHEDULES = ("learning_rate", "clip_range", "clip_range_vf")  # number or lin_X
 _DICTS = ("policy_kwargs", "rollout_buffer_kwargs")
 _MAY_BE_NEGATIVE = ("sde_sample_freq",)  # -1: sample once per rollout
+# Ranges beyond "a non-negative number" / "a positive integer", as PPO reads them: discount and
+# GAE lambda are fractions; a zero grad-norm clip or KL target would stop every update.
+_AT_MOST_ONE = ("gamma", "gae_lambda")
+_POSITIVE = ("max_grad_norm", "target_kl")
+_AT_LEAST_TWO = ("batch_size",)  # SB3 normalises advantages per minibatch: one sample is refused
 
 
 def _check_hp(key: str, value: Any, default: Any, text: str) -> Any:
@@ -140,11 +145,14 @@ def _check_hp(key: str, value: Any, default: Any, text: str) -> Any:
     elif isinstance(default, int):
         if number and float(value).is_integer():
             value = int(value)
-        ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 1 or key in _MAY_BE_NEGATIVE)
-        want = "an integer" if key in _MAY_BE_NEGATIVE else "a positive integer"
+        least = 2 if key in _AT_LEAST_TWO else 1
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value >= least or key in _MAY_BE_NEGATIVE)
+        want = "an integer" if key in _MAY_BE_NEGATIVE else f"an integer >= {least}"
     else:  # floats, and target_kl (None by default)
-        ok = (number and value >= 0) or (value is None and default is None)
-        want = "a non-negative number" + (" or null" if default is None else "")
+        low_ok = number and (value > 0 if key in _POSITIVE else value >= 0)
+        ok = (low_ok and (key not in _AT_MOST_ONE or value <= 1)) or (value is None and default is None)
+        want = ("a number in [0, 1]" if key in _AT_MOST_ONE else "a positive number" if key in _POSITIVE
+                else "a non-negative number") + (" or null" if default is None else "")
         value = float(value) if number else value
     if not ok:
         raise HyperrlError(f"--set {key}: expected {want}, got {text!r}")
@@ -467,33 +475,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                "observation; oracle = one policy per held-out variant, --total-steps EACH.")
     parser.add_argument("--env-family", required=True, help="built-in family name (see envs/) or a family YAML")
     parser.add_argument("--method", required=True, choices=METHODS)
-    parser.add_argument("--total-steps", type=int, default=DEFAULT_TOTAL_STEPS,
+    parser.add_argument("--total-steps", type=int_range(1), default=DEFAULT_TOTAL_STEPS,
                         help="env steps (oracle: per variant); SB3 rounds up to whole rollouts")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--run-dir", help="output folder (default: runs/<family>/<method>-<timestamp>-s<seed>)")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (SB3 MlpPolicy: cpu is fastest)")
     parser.add_argument("--oracle-split", default="extrapolation", choices=ORACLE_SPLITS,
                         help="held-out set the oracle trains one policy per variant of")
-    parser.add_argument("--oracle-max-variants", type=int, metavar="K",
+    parser.add_argument("--oracle-max-variants", type=int_range(1), metavar="K",
                         help="train K evenly spaced variants of the split (default: all of them)")
-    parser.add_argument("--eval-episodes", type=int, default=2, help="episodes per held-out variant")
-    parser.add_argument("--eval-interval-steps", type=int, default=131_072,
+    parser.add_argument("--eval-episodes", type=int_range(1), default=2, help="episodes per held-out variant")
+    parser.add_argument("--eval-interval-steps", type=int_range(1), default=131_072,
                         help="held-out evaluation every this many steps (dr/concat; always at the end)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=int_range(0), default=1,
                         help="torch CPU threads (0: torch's default); one is fastest for SB3's small MLPs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a PPO hyperparameter, e.g. --set n_steps=64 --set learning_rate=lin_3e-4")
     args = parser.parse_args(argv)
 
     family = load_family(args.env_family)
-    if args.total_steps < 1:
-        raise HyperrlError("--total-steps must be at least 1")
-    if args.eval_episodes < 1:
-        raise HyperrlError("--eval-episodes must be at least 1")
-    if args.eval_interval_steps < 1:
-        raise HyperrlError("--eval-interval-steps must be at least 1")
-    if args.threads < 0:
-        raise HyperrlError("--threads must be >= 0")
     if args.method != "oracle" and args.oracle_max_variants is not None:
         raise HyperrlError("--oracle-max-variants only applies to --method oracle")
     device = str(parse_device(args.device))

@@ -26,6 +26,8 @@ __all__ = [
     "add_config_args",
     "config_from_args",
     "parse_device",
+    "int_range",
+    "seed_arg",
 ]
 
 EXIT_USAGE = 2
@@ -81,6 +83,31 @@ def make_parser(prog: str, description: str, *, epilog: str | None = None) -> Hy
     return HyperrlArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=_HelpFormatter
     )
+
+
+def int_range(lo: int | None = None, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[lo, hi]`` (an end left open when None). A bad
+    value becomes the parser's one-line error naming the option (``argument --seed: ...``)."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(str(text).strip(), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"[{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None \
+                else f"<= {hi}"
+            raise argparse.ArgumentTypeError(f"must be an integer {span}, got {value}")
+        return value
+
+    return integer
+
+
+def seed_arg(text: str) -> int:
+    """An argparse ``type`` for every ``--seed``: an integer in [0, MAX_SEED]."""
+    from hyperrl.seeding import MAX_SEED
+
+    return int_range(0, MAX_SEED)(text)
 
 
 def add_config_args(parser: argparse.ArgumentParser, *, config_help: str | None = None) -> None:

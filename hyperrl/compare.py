@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hyperrl.api import read_run_info
-from hyperrl.cli import main_guard, make_parser
+from hyperrl.cli import int_range, main_guard, make_parser, seed_arg
 from hyperrl.errors import HyperrlError
 from hyperrl.families import SPLITS
 
@@ -415,11 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", help="name of the comparison (default: a timestamp)")
     parser.add_argument("--eval-name", default=DEFAULT_EVAL_NAME,
                         help="use RUN_DIR/eval/<eval-name>/results.json when present")
-    parser.add_argument("--bootstrap-reps", type=int, default=2000)
-    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    parser.add_argument("--bootstrap-reps", type=int_range(1), default=2000)
+    parser.add_argument("--bootstrap-seed", type=seed_arg, default=0)
     args = parser.parse_args(argv)
-    if args.bootstrap_reps < 1:
-        raise HyperrlError("--bootstrap-reps must be at least 1")
     if args.name is not None and (not args.name or "/" in args.name or args.name in (".", "..")):
         raise HyperrlError(f"--name must be a plain folder name, got {args.name!r}")
 

@@ -4,12 +4,12 @@ Every config is a tree of frozen dataclasses. Each key is declared once, with it
 and its documentation, through :func:`opt`::
 
     @dataclass(frozen=True)
-    class PPOConfig:
-        lr: float = opt(3e-4, "Adam learning rate.", min=0.0)
-        clip: float = opt(0.2, "PPO clip range.", min=0.0, max=1.0)
+    class PPOConfig(Checked):
+        lr: float = opt(3e-4, "Adam learning rate.", gt=0.0)
+        clip: float = opt(0.2, "PPO clip range.", gt=0.0, max=1.0)
 
     @dataclass(frozen=True)
-    class TrainConfig:
+    class TrainConfig(Checked):
         seed: int = opt(0, "Random seed.")
         ppo: PPOConfig = opt(PPOConfig, "PPO hyperparameters.")
 
@@ -29,12 +29,15 @@ scientific notation without a dot or exponent sign (``1e-3``, ``1e6``), which YA
 reads as a *string*, is accepted for ``float`` and (when integral) ``int`` fields. NaN is
 rejected. An empty section (``ppo:`` with nothing under it) means all defaults.
 
-Cross-field checks belong in the dataclass's ``__post_init__``: a ``ValueError`` raised
-there is reported as a :class:`ConfigError` naming the section.
+Config dataclasses derive from :class:`Checked`, so a config constructed directly in Python
+is checked like a loaded one. Cross-field checks belong in the dataclass's ``__post_init__``
+(after ``super().__post_init__()``): a ``ValueError`` raised there is reported as a
+:class:`ConfigError` naming the section.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -53,6 +56,7 @@ from hyperrl.errors import HyperrlError
 from hyperrl.fileio import atomic_write_text
 
 __all__ = [
+    "Checked",
     "ConfigError",
     "opt",
     "from_dict",
@@ -111,12 +115,14 @@ def opt(
     choices: Sequence[Any] | None = None,
     min: float | None = None,  # noqa: A002 - mirrors the metadata key
     max: float | None = None,  # noqa: A002
+    gt: float | None = None,
 ) -> Any:
-    """A documented config field: ``dataclasses.field`` with ``doc``/``choices``/``min``/``max`` metadata.
+    """A documented config field: ``dataclasses.field`` with ``doc``/``choices``/``min``/``max``/``gt`` metadata.
 
     ``default`` may be a value, a list/tuple (stored as a tuple so the dataclass stays
     hashable) or a dataclass *type* for a nested section (built with its own defaults).
-    ``min``/``max`` are inclusive and, like ``choices``, apply to each element of a tuple.
+    ``min``/``max`` are inclusive, ``gt`` an exclusive lower bound (a rate or a fraction that
+    must be positive); like ``choices`` they apply to each element of a tuple.
     """
     if not isinstance(doc, str) or not doc.strip():
         raise TypeError("opt(): every config key needs a non-empty doc string")
@@ -127,6 +133,8 @@ def opt(
         meta["min"] = min
     if max is not None:
         meta["max"] = max
+    if gt is not None:
+        meta["gt"] = gt
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=default, metadata=meta)
     if dataclasses.is_dataclass(default):
@@ -304,7 +312,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
     """Enforce ``choices``/``min``/``max`` metadata on a value (each element of a tuple)."""
-    if value is None or not any(k in meta for k in ("choices", "min", "max")):
+    if value is None or not any(k in meta for k in ("choices", "min", "max", "gt")):
         return
     items = list(enumerate(value)) if isinstance(value, tuple) else [(None, value)]
     for i, v in items:
@@ -317,11 +325,28 @@ def _check_meta(value: Any, meta: Mapping[str, Any], key: str) -> None:
                 f"config key '{k}': must be one of {', '.join(repr(c) for c in choices)}; got {v!r}"
             )
         numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
-        lo, hi = meta.get("min"), meta.get("max")
+        lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
         if lo is not None and numeric and v < lo:
             raise ConfigError(f"config key '{k}': must be >= {lo}; got {v!r}")
+        if gt is not None and numeric and v <= gt:
+            raise ConfigError(f"config key '{k}': must be > {gt}; got {v!r}")
         if hi is not None and numeric and v > hi:
             raise ConfigError(f"config key '{k}': must be <= {hi}; got {v!r}")
+
+
+class Checked:
+    """Base of every config dataclass: construction checks each field's type and its
+    ``opt`` constraints, so a config built in Python (``PPOConfig(lr=float("inf"))``) is
+    held to the same rules as one loaded from YAML or ``--set``. Subclasses with cross-field
+    checks extend ``__post_init__`` and call ``super().__post_init__()`` first."""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for name, f in _fields(type(self)).items():
+            value = getattr(self, name)
+            if not _is_section(hints[name]) or not isinstance(value, hints[name]):
+                _coerce(_plain(value), hints[name], name)
+            _check_meta(value, f.metadata, name)
 
 
 def _unknown_key(cls: type, key: Any, where: str) -> ConfigError:
@@ -560,10 +585,12 @@ def _set_path(obj: Any, parts: list[str], parsed: Any, raw: str, where: str) -> 
                 raise
             new = _coerce(raw.strip(), tp, key)
         _check_meta(new, fields[name].metadata, key)
-    try:
-        return dataclasses.replace(obj, **{name: new})
-    except ValueError as e:
-        raise ConfigError(f"config section '{where}': {e}" if where else f"config: {e}") from None
+    # Not constructed here: a cross-field check (``__post_init__``) must see the config after
+    # every override, not a half-applied one (``env.num_envs=16`` before ``ppo.num_minibatches=2``).
+    # apply_overrides rebuilds the result once, with every check.
+    out = copy.copy(obj)
+    object.__setattr__(out, name, new)
+    return out
 
 
 def apply_overrides(cfg: C, overrides: Sequence[str] | None) -> C:
@@ -581,7 +608,7 @@ def apply_overrides(cfg: C, overrides: Sequence[str] | None) -> C:
         parts = [p.strip() for p in parts]
         parsed = _parse_yaml(raw, f"override {item!r}")
         cfg = _set_path(cfg, parts, parsed, raw, "")
-    return cfg
+    return from_dict(type(cfg), to_dict(cfg)) if overrides else cfg
 
 
 # --------------------------------------------------------------------------------------
@@ -618,6 +645,8 @@ def _constraints(meta: Mapping[str, Any]) -> str:
         parts.append("one of " + ", ".join(_flow(c) for c in meta["choices"]))
     if "min" in meta:
         parts.append(f">= {meta['min']}")
+    if "gt" in meta:
+        parts.append(f"> {meta['gt']}")
     if "max" in meta:
         parts.append(f"<= {meta['max']}")
     return "; ".join(parts)

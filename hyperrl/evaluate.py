@@ -52,7 +52,7 @@ from typing import Any, Sequence
 
 import torch
 
-from hyperrl.cli import main_guard, make_parser, parse_device
+from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import atomic_write_bytes
 from hyperrl.evaluation import EpisodeStats, evaluate_values
@@ -507,13 +507,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument("--values", action="append", metavar="NAME=V1,V2,...", default=None,
                        help="values of one parameter (repeat for every parameter, or all in one: "
                             "m=0.3,2,l=0.5; the grid is their cartesian product)")
-    group.add_argument("--grid", type=int, metavar="N", default=None,
+    group.add_argument("--grid", type=int_range(1), metavar="N", default=None,
                        help="N points per parameter across the physical bounds")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per variant")
+    parser.add_argument("--episodes", type=int_range(1), default=10, help="episodes per variant")
     parser.add_argument("--backend", choices=BACKENDS, default="gymnasium",
                         help="real Gymnasium envs, or the family's batched simulator (the same physics step for step; "
                              "returns agree up to float rounding, which a long balancing episode can amplify)")
-    parser.add_argument("--seed", type=int, default=0, help="env i is reset with seed + i")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="env i is reset with seed + i")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--checkpoint", choices=("best", "latest"), default=None,
                         help="hyperrl runs: which checkpoint (best when not given)")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "MAX_SEED",
     "seed_everything",
     "make_generator",
     "rng_state",
@@ -29,6 +30,13 @@ __all__ = [
     "generator_states",
     "restore_generators",
 ]
+
+
+MAX_SEED = 2**31 - 1
+"""The largest seed any entry point accepts (the smallest is 0). Gymnasium's resets refuse
+negative seeds and NumPy's legacy seeding (stable-baselines3's ``set_random_seed``) takes
+only [0, 2**32); derived seeds add offsets (``seed + i`` for env i, evaluation rounds), which
+stay inside that range from any seed up to 2**31 - 1."""
 
 
 def seed_everything(seed: int) -> None:

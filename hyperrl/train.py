@@ -25,7 +25,7 @@ from hyperrl import __version__
 from hyperrl.agent import HyperAgent, RolloutWeights, SlotRows, gather_slots
 from hyperrl.hypernet import functional_mlp
 from hyperrl.checkpoint import CheckpointManager, git_commit, load_checkpoint
-from hyperrl.cli import main_guard, make_parser, parse_device
+from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_config, to_dict
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import evaluate_values
@@ -469,10 +469,7 @@ def resolve_config(family: Family, config_path: str | None, overrides: Sequence[
         cfg = TrainConfig()
     cfg = apply_overrides(cfg, list(overrides))
     flags = {"seed": seed, "total_steps": total_steps, "device": device}
-    cfg = replace(cfg, **{key: v for key, v in flags.items() if v is not None})
-    if cfg.total_steps < 1:
-        raise HyperrlError("--total-steps must be at least 1")
-    return cfg
+    return replace(cfg, **{key: v for key, v in flags.items() if v is not None})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -481,8 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="training config YAML (default: configs/<family>.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set ppo.lr=1e-3 (repeatable)")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--total-steps", type=int)
+    parser.add_argument("--seed", type=seed_arg)
+    parser.add_argument("--total-steps", type=int_range(1))
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--run-dir", help="output folder (default: runs/<family>/<timestamp>-s<seed>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")

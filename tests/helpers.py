@@ -64,3 +64,22 @@ def nudge_batched_sims(monkeypatch, seed: int = 0, every: int = 7) -> list[int]:
 
     monkeypatch.setattr(BatchedSim, "step", step)
     return count
+
+
+def expect_cli_error(capsys, main, args) -> str:
+    """Run ``main_guard(main)(args)`` as ``python -m`` does: exit status 2 and exactly one
+    stderr line starting with ``error:`` (a usage error may add argparse's ``--help`` hint
+    line); returns the error line."""
+    import pytest
+
+    from hyperrl.cli import main_guard
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main_guard(main)([str(a) for a in args])
+    assert exc.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    if len(lines) == 2 and lines[1].startswith("run '") and lines[1].endswith("--help' for usage"):
+        lines = lines[:1]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]

@@ -58,13 +58,7 @@ def tree_hash(folder: Path, skip: str = "adapt") -> dict[str, str]:
 
 
 def expect_error(capsys, *args) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main_guard(adapt_mod.main)([str(a) for a in args])
-    assert exc.value.code == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
+    return helpers.expect_cli_error(capsys, adapt_mod.main, args)
 
 
 def v(d: dict[str, float]) -> torch.Tensor:
@@ -351,13 +345,17 @@ def test_dr_finetune_reference(actuator_run, tmp_path):
     (["--values", "masspole=0.9"], "has no parameter 'masspole'"),
     (["--values", "force_mag=45"], "outside its physical bounds"),
     (["--values", "force_mag=0.1"], "outside its physical bounds"),
-    (["--values", "force_mag=10", "--episodes", "0"], "--episodes must be at least 1"),
-    (["--values", "force_mag=10", "--episodes", "-2"], "--episodes must be at least 1"),
+    (["--values", "force_mag=10", "--episodes", "0"], "argument --episodes: must be an integer >= 1"),
+    (["--values", "force_mag=10", "--episodes", "-2"], "argument --episodes: must be an integer >= 1"),
     (["--values", "force_mag=10,12"], "ONE variant"),
     (["--values", "force_mag=10", "--hidden", "--true-values", "force_mag=-10"], "exclude each other"),
     (["--values", "force_mag=10", "--mode", "bogus"], "unknown --mode 'bogus'"),
     (["--values", "force_mag=10", "--budgets", "0,20", "--episodes", "5"], "--budgets"),
     (["--values", "force_mag=10", "--set", "bogus=1"], "--set"),
+    (["--values", "force_mag=10", "--set", "elite_frac=5"], "--set: config key 'elite_frac': must be <= 1.0"),
+    (["--values", "force_mag=10", "--set", "target_kl=0"], "--set: config key 'target_kl': must be > 0.0"),
+    (["--values", "force_mag=10", "--seed", str(2**70)], "argument --seed: must be an integer [0, "),
+    (["--values", "force_mag=10", "--threads", "-1"], "argument --threads: must be an integer >= 0"),
 ])
 def test_bad_input_one_line_error_nothing_written(actuator_run, capsys, args, needle):
     before = tree_hash(actuator_run, skip="")

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import helpers
 import pytest
 import torch
 
@@ -40,14 +41,7 @@ def baseline(run_dir: Path, method: str, *extra: str, family: str = FAMILY, seed
 
 
 def usage_error(capsys, fn, args) -> str:
-    """Exit status 2 and exactly one stderr line 'error: ...'; returns it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main_guard(fn)(args)
-    assert exc.value.code == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), lines
-    return lines[0]
+    return helpers.expect_cli_error(capsys, fn, args)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -227,17 +221,21 @@ def test_continuous_actions_pendulum(tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--env-family", "no-such-family", "--method", "dr"], "unknown family"),
-    (["--env-family", FAMILY, "--method", "oracle", "--oracle-max-variants", "0"], "at least 1"),
+    (["--env-family", FAMILY, "--method", "oracle", "--oracle-max-variants", "0"], "argument --oracle-max-variants: must be an integer >= 1"),
     (["--env-family", FAMILY, "--method", "dr", "--oracle-max-variants", "2"], "only applies"),
     (["--env-family", FAMILY, "--method", "dr", "--total-steps", "0"], "--total-steps"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "n_step=3"], "not a PPO hyperparameter"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "learning_rate=lin_x"], "schedule"),
-    (["--env-family", FAMILY, "--method", "dr", "--set", "n_steps=abc"], "--set n_steps: expected a positive integer"),
-    (["--env-family", FAMILY, "--method", "dr", "--set", "gamma=[1]"], "--set gamma: expected a non-negative number"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "n_steps=abc"], "--set n_steps: expected an integer >= 1"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "gamma=[1]"], "--set gamma: expected a number in [0, 1]"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "learning_rate=abc"], "lin_<number>"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "normalize_advantage=1"], "true or false"),
     (["--env-family", FAMILY, "--method", "dr", "--set", "policy_kwargs={bogus: 1}"], "rejects these hyperparameters"),
     (["--env-family", FAMILY, "--method", "dr", "--device", "cuda:99"], "device"),
+    (["--env-family", FAMILY, "--method", "dr", "--seed", str(2**70)], "argument --seed: must be an integer [0, "),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "gamma=2"], "--set gamma: expected a number in [0, 1]"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "batch_size=1"], "--set batch_size: expected an integer >= 2"),
+    (["--env-family", FAMILY, "--method", "dr", "--set", "target_kl=0"], "--set target_kl: expected a positive"),
 ])
 def test_baseline_cli_errors(tmp_path, capsys, args, needle):
     """One error line, exit 2, nothing created (a bad --set used to be a bare TypeError after
@@ -356,7 +354,8 @@ def test_compare_bad_input(runs, tmp_path, capsys):
         ([str(corrupt_info)], "corrupt"),
         ([str(bad_results)], "no per-variant results"),
         ([str(runs["dr"]), str(runs["dr"])], "given twice"),
-        ([str(runs["dr"]), "--bootstrap-reps", "0"], "--bootstrap-reps"),
+        ([str(runs["dr"]), "--bootstrap-reps", "0"], "argument --bootstrap-reps: must be an integer >= 1"),
+        ([str(runs["dr"]), "--bootstrap-seed", "-1"], "argument --bootstrap-seed: must be an integer [0, "),
     ]
     for args, needle in cases:
         line = usage_error(capsys, compare_main, [*args, "--out", str(out)])

@@ -428,3 +428,27 @@ def test_real_train_config_refuses_infinite_lr():
 
     with pytest.raises(ConfigError, match=r"config key 'ppo.lr': expected a finite number, got inf"):
         apply_overrides(RealTrainConfig(), ["ppo.lr=.inf"])
+
+
+def test_configs_built_in_python_are_checked_like_loaded_ones():
+    """Every config class derives from Checked: direct construction enforces the declared
+    types and ranges (no second, hand-written check beside the declarations)."""
+    from hyperrl.adapt import AdaptConfig
+    from hyperrl.train_config import EnvConfig, PPOConfig
+    from hyperrl.train_config import TrainConfig as RealTrainConfig
+
+    with pytest.raises(ConfigError, match=r"'lr': expected a finite number, got inf"):
+        PPOConfig(lr=float("inf"))
+    with pytest.raises(ConfigError, match=r"'target_kl': must be > 0.0; got -1.0"):
+        PPOConfig(target_kl=-1.0)
+    with pytest.raises(ConfigError, match=r"'num_envs': expected int, got 1.5"):
+        EnvConfig(num_envs=1.5)
+    with pytest.raises(ConfigError, match=r"'elite_frac': must be <= 1.0; got 5.0"):
+        AdaptConfig(elite_frac=5.0)
+    with pytest.raises(ValueError, match=r"ppo.num_minibatches \(8\) must be <= env.num_envs \(4\)"):
+        RealTrainConfig(env=EnvConfig(num_envs=4), ppo=PPOConfig(num_minibatches=8))
+    # overrides are applied together, then checked: no order of --set items is refused midway
+    cfg = apply_overrides(RealTrainConfig(), ["env.num_envs=4", "ppo.num_minibatches=2"])
+    assert (cfg.env.num_envs, cfg.ppo.num_minibatches) == (4, 2)
+    with pytest.raises(ConfigError, match=r"ppo.num_minibatches \(8\) must be <= env.num_envs \(4\)"):
+        apply_overrides(RealTrainConfig(), ["ppo.num_minibatches=8", "env.num_envs=4"])

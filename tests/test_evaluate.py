@@ -66,14 +66,7 @@ def evaluate_cli(capsys, *args) -> str:
 
 
 def expect_error(capsys, *args) -> str:
-    """Exit status 2 and exactly one stderr line 'error: ...'; returns it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main_guard(main)([str(a) for a in args])
-    assert exc.value.code == 2
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
+    return helpers.expect_cli_error(capsys, main, args)
 
 
 def tree_hash(folder: Path) -> dict[str, str]:
@@ -290,6 +283,10 @@ def test_errors_are_one_line_and_leave_the_run_dir_untouched(cartpole_run, pendu
     assert "abc" in err
     err = expect_error(capsys, cartpole_run, "--values", "gravity=9.8")
     assert "masspole" in err
+    err = expect_error(capsys, cartpole_run, "--seed", 2**70)
+    assert "argument --seed: must be an integer [0, " in err
+    err = expect_error(capsys, cartpole_run, "--episodes", 0)
+    assert "argument --episodes: must be an integer >= 1" in err
     assert tree_hash(cartpole_run) == before
 
     before = tree_hash(pendulum_run)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
 
@@ -54,16 +55,7 @@ def guarded(args):
 
 
 def expect_usage_error(capsys, args) -> str:
-    """Exit code 2 and exactly one stderr line starting with 'error:'; returns it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        guarded(args)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error:"), err
-    return lines[0]
+    return helpers.expect_cli_error(capsys, main, args)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -240,6 +232,9 @@ def test_resume_of_a_finished_run_does_nothing(cartpole_run, tmp_path, capsys):
     assert snapshot(run) == before
     assert guarded(["--resume", str(run), "--total-steps", "1024"]) == 0  # fewer steps than done
     assert snapshot(run) == before
+    line = expect_usage_error(capsys, ["--resume", str(run), "--total-steps", "-5"])
+    assert "argument --total-steps: must be an integer >= 1, got -5" in line
+    assert snapshot(run) == before
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,7 +246,19 @@ def test_resume_of_a_finished_run_does_nothing(cartpole_run, tmp_path, capsys):
     (["--env-family", "cartpole-mass", "--set", "ppo.lr=abc"], "ppo.lr"),
     (["--env-family", "cartpole-mass", "--set", "ppo.lr"], "KEY=VALUE"),
     (["--env-family", "cartpole-mass", "--set", "env.num_envs=0"], "env.num_envs"),
-], ids=["unknown-family", "unknown-key", "ill-typed", "malformed-set", "out-of-range"])
+    (["--env-family", "cartpole-mass", "--set", "env.num_envs=1000000000000"], "'env.num_envs': must be <="),
+    (["--env-family", "cartpole-mass", "--seed", str(2**70)], "argument --seed: must be an integer [0, "),
+    (["--env-family", "cartpole-mass", "--seed", "-1"], "argument --seed: must be an integer [0, "),
+    (["--env-family", "cartpole-mass", "--set", f"seed={2**64}"], "'seed': must be <="),
+    (["--env-family", "cartpole-mass", "--total-steps", "-5"], "argument --total-steps: must be an integer >= 1"),
+    (["--env-family", "cartpole-mass", "--set", "env.num_envs=64", "--set", "ppo.num_minibatches=65"],
+     "ppo.num_minibatches (65) must be <= env.num_envs (64)"),
+    (["--env-family", "cartpole-mass", "--set", "ppo.target_kl=-1"], "'ppo.target_kl': must be > 0"),
+    (["--env-family", "cartpole-mass", "--set", "ppo.lr=.inf"], "'ppo.lr': expected a finite number"),
+    (["--env-family", "cartpole-mass", "--set", "model.hidden_sizes=[64,0]"], "'model.hidden_sizes[1]': must be >= 1"),
+], ids=["unknown-family", "unknown-key", "ill-typed", "malformed-set", "out-of-range", "num-envs-beyond-memory",
+        "seed-beyond-64-bits", "negative-seed", "seed-key-beyond-range", "negative-total-steps",
+        "more-minibatches-than-envs", "negative-target-kl", "infinite-lr", "zero-width-layer"])
 def test_bad_input_one_line_exit_2(tmp_path, capsys, args, needle):
     run = tmp_path / "run"
     line = expect_usage_error(capsys, [*args, "--device", "cpu", "--run-dir", str(run)])
