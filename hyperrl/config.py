@@ -18,10 +18,11 @@ and its documentation, through :func:`opt`::
     save_config(cfg, run_dir / "config.yaml")
 
 Loading is strict: an unknown key, a value of the wrong type, a value outside its bounds
-or its choices, or a duplicate key raises :class:`ConfigError` naming the dotted key. Keys
-left out take their defaults. Supported field types: nested dataclasses, ``bool``,
-``int``, ``float``, ``str``, ``X | None``, ``tuple[X, ...]``, fixed ``tuple[X, Y]`` and
-``Literal[...]``.
+or its choices, or a duplicate key raises :class:`ConfigError` naming the dotted key; the
+YAML itself goes through :mod:`hyperrl.yamlio` (files over 1 MiB, alias bombs and deep
+nesting are refused before anything is expanded). Keys left out take their defaults.
+Supported field types: nested dataclasses, ``bool``, ``int``, ``float``, ``str``,
+``X | None``, ``tuple[X, ...]``, fixed ``tuple[X, Y]`` and ``Literal[...]``.
 
 Value rules: ``int`` is accepted for ``float`` fields; ``bool`` is never accepted for
 ``int``/``float`` fields; an integral float (``1.0e6``) is accepted for ``int`` fields;
@@ -54,6 +55,7 @@ import yaml
 
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import atomic_write_text
+from hyperrl.yamlio import YamlInputError, parse_yaml, read_yaml_file
 
 __all__ = [
     "Checked",
@@ -82,11 +84,9 @@ def scalar_from_text(text: str) -> Any:
     """A command-line ``KEY=VALUE`` value outside the config dataclasses (``hyperrl.baselines``'
     SB3 PPO hyperparameters, checked against SB3's own signature): YAML (``true``, ``null``, ``{a: 1}``), with
     ``3e-4`` (no dot, a string in YAML 1.1) read as a float; unparsable text stays a string."""
-    import yaml
-
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text)
+    except YamlInputError:
         return text
     if isinstance(value, str) and _SCI_RE.match(value.strip()):
         return float(value)
@@ -418,39 +418,16 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 # YAML
 # --------------------------------------------------------------------------------------
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys in a mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
-        seen: dict[Any, Any] = {}
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=False)
-            try:
-                first = seen.setdefault(key, key_node.start_mark)
-            except TypeError:
-                continue
-            if first is not key_node.start_mark:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first defined on line {first.line + 1})",
-                    key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_error(e: yaml.YAMLError, source: str) -> ConfigError:
-    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    if mark is not None:
-        return ConfigError(f"{source}:{mark.line + 1}:{mark.column + 1}: malformed YAML: {problem}")
-    return ConfigError(f"{source}: malformed YAML: {problem}")
+def _yaml_error(e: YamlInputError, source: str) -> ConfigError:
+    if e.line is not None:
+        return ConfigError(f"{source}:{e.line}:{e.column}: {e.what}: {e.detail}")
+    return ConfigError(f"{source}: {e.what}: {e.detail}")
 
 
 def _parse_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
+        return parse_yaml(text)
+    except YamlInputError as e:
         raise _yaml_error(e, source) from None
 
 
@@ -462,12 +439,11 @@ def load_yaml_config(cls: type[C], path: str | os.PathLike[str]) -> C:
     if p.is_dir():
         raise ConfigError(f"config path is a directory, not a YAML file: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file is not UTF-8 text: {p}") from None
+        data = read_yaml_file(p)
+    except YamlInputError as e:
+        raise _yaml_error(e, str(p)) from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
-    data = _parse_yaml(text, str(p))
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(f"{p}: the top level must be a mapping of config keys, got {_show(data)}")
     try:

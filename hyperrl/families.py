@@ -16,20 +16,23 @@ every change.
 from __future__ import annotations
 
 import ast
+import contextlib
+import difflib
 import functools
 import itertools
 import math
+import numbers
 import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
-import yaml
 
 from hyperrl.errors import FamilyError
 from hyperrl.resources import builtin_dir
+from hyperrl.yamlio import YamlInputError, read_yaml_file
 
 __all__ = [
     "Family",
@@ -76,8 +79,9 @@ _UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: op
 def _check_expr(expr: str, where: str) -> ast.Expression:
     try:
         tree = ast.parse(expr, mode="eval")
-    except SyntaxError as e:
-        raise FamilyError(f"{where}: cannot parse expression {expr!r}: {e.msg}") from None
+    except (SyntaxError, ValueError, RecursionError) as e:  # ValueError: an int literal too long to read
+        msg = getattr(e, "msg", None) or str(e) or type(e).__name__
+        raise FamilyError(f"{where}: cannot parse expression {expr!r}: {msg}") from None
     for node in ast.walk(tree):
         ok = isinstance(
             node, (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Constant)
@@ -90,11 +94,18 @@ def _check_expr(expr: str, where: str) -> ast.Expression:
 
 
 def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any]) -> Any:
+    """The value of a checked expression, names read through ``lookup``.
+
+    Numbers are floats: the attributes are physical quantities, and a float overflows
+    (an error the caller reports) where an int power such as ``9 ** 9 ** 9`` grows
+    without bound.
+    """
+
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.Constant):
-            return node.value
+            return float(node.value)
         if isinstance(node, ast.Name):
             return lookup(node.id)
         if isinstance(node, ast.BinOp):
@@ -109,6 +120,29 @@ def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any]) -> Any:
 def expr_names(tree: ast.Expression) -> set[str]:
     """The attribute names an expression reads."""
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+
+
+def _finite_number(x: Any) -> bool:
+    """Whether ``x`` is a finite real number, or an array of them: what a physical attribute holds."""
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Real):
+        return math.isfinite(x)
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return t.dtype != torch.bool and not t.is_complex() and bool(torch.isfinite(t).all())
+
+
+def _numeric_attributes(obj: Any) -> list[str]:
+    """Public attributes of ``obj`` (its own and its classes') holding a number, sorted."""
+    names: set[str] = set()
+    for scope in [obj, *type(obj).__mro__]:
+        for k, v in getattr(scope, "__dict__", {}).items():
+            if not k.startswith("_") and isinstance(v, numbers.Real) and not isinstance(v, bool):
+                names.add(k)
+    return sorted(names)
 
 
 # --------------------------------------------------------------------------------------
@@ -401,27 +435,54 @@ class Family:
         return torch.cartesian_prod(*axes).reshape(-1, self.num_params)
 
     # ---- Gymnasium ------------------------------------------------------------------
+    def _fail(self, where: str, msg: str) -> FamilyError:
+        return _Reader(self.source).fail(where, msg)
+
+    def _no_attribute(self, base: Any, where: str, name: str) -> FamilyError:
+        known = _numeric_attributes(base)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        shown = ", ".join(known[:30]) + (", ..." if len(known) > 30 else "")  # one readable line
+        return self._fail(where, f"{self.env_id} has no attribute '{name}'{hint}; its numeric attributes: "
+                                 + (shown or "(none)"))
+
     def apply(self, env: Any, values: Mapping[str, float] | torch.Tensor | Sequence[float]) -> None:
         """Set the parameters on ``env.unwrapped``, then recompute the derived attributes."""
         v = self.values_tensor(values)
         base = env.unwrapped
-        for name, x in list(self.fixed.items()) + list(zip(self.param_names, v.tolist())):
+        settings = [(f"fixed.{k}", k, x) for k, x in self.fixed.items()]
+        settings += [(f"params.{n}", n, x) for n, x in zip(self.param_names, v.tolist())]
+        for where, name, x in settings:
             if not hasattr(base, name):
-                raise FamilyError(
-                    f"family '{self.name}': {self.env_id} has no attribute '{name}' to set"
-                )
+                raise self._no_attribute(base, where, name)
             setattr(base, name, float(x))
         for name, expr in self.derived.items():
-            tree = _check_expr(expr, f"family '{self.name}' derived.{name}")
+            setattr(base, name, self._derived_value(base, name, expr, v))
 
-            def lookup(attr: str) -> Any:
-                if not hasattr(base, attr):
-                    raise FamilyError(
-                        f"family '{self.name}' derived.{name}: {self.env_id} has no attribute '{attr}'"
-                    )
-                return getattr(base, attr)
+    def _derived_value(self, base: Any, name: str, expr: str, values: torch.Tensor) -> Any:
+        """``derived.<name>`` evaluated on ``base`` (the parameters ``values`` already set);
+        an error or a result that is not a finite number is a FamilyError naming the key and
+        the values."""
+        where = f"derived.{name}"
+        tree = _check_expr(expr, f"family file {self.source}: {where}")
 
-            setattr(base, name, _eval_expr(tree, lookup))
+        def lookup(attr: str) -> Any:
+            if not hasattr(base, attr):
+                raise self._no_attribute(base, where, attr)
+            return getattr(base, attr)
+
+        at = f"at {self.label(values)}"
+        try:
+            out = _eval_expr(tree, lookup)
+        except ZeroDivisionError:
+            raise self._fail(where, f"{expr!r} divides by zero {at}") from None
+        except OverflowError:
+            raise self._fail(where, f"{expr!r} overflows {at}") from None
+        except (ArithmeticError, TypeError, ValueError, RecursionError) as e:
+            raise self._fail(where, f"{expr!r} fails {at}: {type(e).__name__}: {e}") from None
+        if not _finite_number(out):
+            raise self._fail(where, f"{expr!r} is {out!r} {at}; a derived attribute must be a finite number")
+        return out
 
     def make_env(self, values: Mapping[str, float] | torch.Tensor | Sequence[float], **make_kwargs: Any):
         """A real ``gymnasium.make`` env (time limit included) with the parameters applied."""
@@ -435,55 +496,113 @@ class Family:
         self.apply(env, values)
         return env
 
-    def stale_attributes(self) -> list[tuple[str, str, str]]:
+    @contextlib.contextmanager
+    def probe_env(self) -> Iterator[Any]:
+        """``gymnasium.make(env_id, **env_kwargs)`` as the YAML gives them (no parameters
+        applied), closed on exit: the env the load checks run on. A failure to build it is a
+        FamilyError naming ``env_kwargs`` when they are what the env refuses, else ``env_id``."""
+        import gymnasium as gym
+
+        kwargs = dict(self.env_kwargs)
+        try:
+            env = gym.make(self.env_id, **kwargs)
+        except Exception as e:  # noqa: BLE001 - whatever gym.make raises, this family cannot run
+            call = ", ".join([repr(self.env_id), *(f"{k}={v!r}" for k, v in kwargs.items())])
+            problem = " ".join(f"{type(e).__name__}: {e}".split())
+            if kwargs and isinstance(e, (TypeError, ValueError)):  # an unknown or ill-typed keyword
+                raise self._fail("env_kwargs", f"gym.make({call}) fails ({problem}); env_kwargs must be "
+                                               f"keyword arguments {self.env_id} takes") from None
+            raise self._fail("env_id", f"gym.make({call}) fails ({problem}); env_id must be a registered "
+                                       "Gymnasium id whose dependencies are installed") from None
+        try:
+            yield env
+        finally:
+            env.close()
+
+    def probe_values(self, max_points: int = 64) -> torch.Tensor:
+        """[K, P] float64 points :meth:`check_env` evaluates the derived attributes at.
+
+        Every corner of the physical bounds (a signed parameter at both ends with both
+        signs) while there are at most ``max_points``; beyond that, each parameter at each
+        of its ends with the others at the middle of their first train range, plus every
+        parameter at its lower bound and every one at its upper bound.
+        """
+        ends = []
+        for p in self.params:
+            lo, hi = p.bounds
+            ends.append(list(dict.fromkeys([lo, hi, -lo, -hi] if p.signed else [lo, hi])))
+        if math.prod(len(e) for e in ends) <= max_points:
+            rows = [list(pt) for pt in itertools.product(*ends)]
+        else:
+            mid = [0.5 * (p.train_ranges[0][0] + p.train_ranges[0][1]) for p in self.params]
+            rows = [[e[0] for e in ends], [e[1] if len(e) > 1 else e[0] for e in ends]]
+            rows += [mid[:j] + [x] + mid[j + 1:] for j, e in enumerate(ends) for x in e]
+        return torch.tensor(rows, dtype=torch.float64).reshape(-1, self.num_params)
+
+    def check_env(self) -> None:
+        """Refuse, naming the file and the key, a family its env cannot run.
+
+        On one :meth:`probe_env`: ``env_id`` and ``env_kwargs`` build an env; every varying
+        parameter, ``fixed`` and ``derived`` attribute exists on the unwrapped env; no
+        attribute the env computes from a parameter is left stale
+        (:meth:`check_stale_attributes`); every ``derived`` expression gives a finite number
+        at each of :meth:`probe_values`. :func:`load_family` runs it on every load.
+        """
+        with self.probe_env() as env:
+            base = env.unwrapped
+            declared = [(f"params.{n}", n) for n in self.param_names]
+            declared += [(f"{section}.{n}", n) for section in ("fixed", "derived") for n in getattr(self, section)]
+            for where, name in declared:
+                if not hasattr(base, name):
+                    raise self._no_attribute(base, where, name)
+            self.check_stale_attributes(env)  # on the env's own values, before the probes change them
+            for values in self.probe_values():
+                self.apply(env, values)
+
+    def stale_attributes(self, env: Any | None = None) -> list[tuple[str, str, str]]:
         """Attributes that would go stale: ``[(attr, expression, parameter)]``.
 
         An attribute qualifies when the env's ``__init__`` computes it from a varying
         parameter (:func:`init_computed_attributes`), the family neither varies, fixes nor
         derives it, and the dynamics read it: scaling it changes one step's outcome from the
         same state and action. Each is a physics bug the family must fix with a ``derived``
-        entry; :func:`load_family` refuses such a family.
+        entry; :func:`load_family` refuses such a family. ``env`` is a fresh
+        :meth:`probe_env` (one is made when not given); it is reset and stepped.
         """
         import copy
 
-        import gymnasium as gym
+        if env is None:
+            with self.probe_env() as probe:
+                return self.stale_attributes(probe)
+        computed = init_computed_attributes(type(env.unwrapped))
+        declared = set(self.param_names) | set(self.fixed) | set(self.derived)
+        found = []
+        for attr, expr in computed.items():
+            reads = expr_names(_check_expr(expr, "")) & set(self.param_names)
+            value = getattr(env.unwrapped, attr, None)
+            if attr in declared or not reads or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            env.reset(seed=0)
+            env.action_space.seed(0)
+            action = env.action_space.sample()
+            outs = []
+            try:
+                for scale in (1.0, 1.5):
+                    e = copy.deepcopy(env)
+                    setattr(e.unwrapped, attr, value * scale if value != 0 else 1.0)
+                    obs, reward, *_ = e.step(action)
+                    outs.append((torch.as_tensor(obs, dtype=torch.float64).flatten(), float(reward)))
+                read = not torch.equal(outs[0][0], outs[1][0]) or outs[0][1] != outs[1][1]
+            except Exception:  # an env that cannot be copied: assume the dynamics read it
+                read = True  # (declaring an unread attribute under derived is harmless)
+            if read:
+                found.append((attr, expr, sorted(reads)[0]))
+        return found
 
-        try:
-            env = gym.make(self.env_id, **dict(self.env_kwargs))
-        except Exception:  # unknown id etc.: reported where the env is made, not here
-            return []
-        try:
-            computed = init_computed_attributes(type(env.unwrapped))
-            declared = set(self.param_names) | set(self.fixed) | set(self.derived)
-            found = []
-            for attr, expr in computed.items():
-                reads = expr_names(_check_expr(expr, "")) & set(self.param_names)
-                value = getattr(env.unwrapped, attr, None)
-                if attr in declared or not reads or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                env.reset(seed=0)
-                env.action_space.seed(0)
-                action = env.action_space.sample()
-                outs = []
-                try:
-                    for scale in (1.0, 1.5):
-                        e = copy.deepcopy(env)
-                        setattr(e.unwrapped, attr, value * scale if value != 0 else 1.0)
-                        obs, reward, *_ = e.step(action)
-                        outs.append((torch.as_tensor(obs, dtype=torch.float64).flatten(), float(reward)))
-                    read = not torch.equal(outs[0][0], outs[1][0]) or outs[0][1] != outs[1][1]
-                except Exception:  # an env that cannot be copied: assume the dynamics read it
-                    read = True  # (declaring an unread attribute under derived is harmless)
-                if read:
-                    found.append((attr, expr, sorted(reads)[0]))
-            return found
-        finally:
-            env.close()
-
-    def check_stale_attributes(self) -> None:
+    def check_stale_attributes(self, env: Any | None = None) -> None:
         """Raise :class:`FamilyError` naming every attribute :meth:`stale_attributes` finds and
         the ``derived`` entries that fix them."""
-        stale = self.stale_attributes()
+        stale = self.stale_attributes(env)
         if stale:
             names = ", ".join(f"{a} = {e}" for a, e, _ in stale)
             params = ", ".join(sorted({p for _, _, p in stale}))
@@ -636,7 +755,11 @@ _TOP_KEYS = ["name", "description", "env_id", "env_kwargs", "max_episode_steps",
 
 
 def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
-    """Build a :class:`Family` from parsed YAML, rejecting unknown or ill-typed keys."""
+    """Build a :class:`Family` from parsed YAML, rejecting unknown or ill-typed keys.
+
+    Only the data is checked here; what needs the env (``env_id``, attributes, ``derived``
+    values, stale caches) is :meth:`Family.check_env`, which :func:`load_family` runs.
+    """
     r = _Reader(source)
     d = r.mapping(raw, "(top level)", _TOP_KEYS, ["name", "env_id", "params", "heldout"])
     name = r.string(d["name"], "name")
@@ -680,7 +803,13 @@ def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
 
 
 def load_family(name_or_path: str | os.PathLike) -> Family:
-    """Load a built-in family by name (``cartpole-mass``) or any family YAML by path."""
+    """Load a built-in family by name (``cartpole-mass``) or any family YAML by path.
+
+    Everything is checked here, once, so a family that loads can run: the YAML
+    (:mod:`hyperrl.yamlio`: no duplicate key, no alias bomb, at most 1 MiB), the schema
+    (:func:`family_from_dict`) and the env (:meth:`Family.check_env`, one ``gym.make``).
+    Every refusal is one :class:`FamilyError` line naming the file and the key.
+    """
     s = str(name_or_path)
     path = Path(s)
     looks_like_path = s.endswith((".yaml", ".yml")) or os.sep in s or "/" in s
@@ -695,14 +824,11 @@ def load_family(name_or_path: str | os.PathLike) -> Family:
     if not path.is_file():
         raise FamilyError(f"family file {s} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise FamilyError(f"family file {path}: malformed YAML{at}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as e:
+        raw = read_yaml_file(path)
+    except YamlInputError as e:  # duplicate key, alias bomb, over 1 MiB, malformed
+        raise FamilyError(f"family file {path}: {e}") from None
+    except OSError as e:
         raise FamilyError(f"family file {path}: cannot read: {e}") from None
     family = family_from_dict(raw, source=str(path))
-    family.check_stale_attributes()
+    family.check_env()
     return family

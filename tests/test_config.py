@@ -229,6 +229,34 @@ def test_duplicate_keys_rejected(tmp_path):
     p = _write(tmp_path, "seed: 1\nppo:\n  clip: 0.1\nseed: 2\n")
     with pytest.raises(ConfigError, match=r"cfg\.yaml:4:1: malformed YAML: duplicate key 'seed' \(first defined on line 1\)"):
         load_yaml_config(TrainConfig, p)
+    p = _write(tmp_path, "seed: 1\nppo:\n  clip: 0.1\n  clip: 0.2\n")
+    with pytest.raises(ConfigError,
+                       match=r"cfg\.yaml:4:3: malformed YAML: duplicate key 'ppo\.clip' \(first defined on line 3\)"):
+        load_yaml_config(TrainConfig, p)
+
+
+def _laughs(levels: int = 9, width: int = 9) -> list[str]:
+    """``key: value`` items of nested anchors: ``levels`` of ``width`` aliases stand for width**levels nodes."""
+    items = [f"x0: &l0 [{', '.join(['lol'] * width)}]"]
+    return items + [f"x{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+
+
+def test_alias_bomb_and_huge_file_refused_before_parsing(tmp_path):
+    import time
+
+    p = _write(tmp_path, "\n".join(_laughs()) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"cfg\.yaml:\d+:\d+: too many YAML aliases: the aliases up to 'x\d\[\d\]'"):
+        load_yaml_config(TrainConfig, p)
+    assert time.perf_counter() - start < 0.5
+    with pytest.raises(ConfigError, match=r"override .*too many YAML aliases"):  # --set shares the loader
+        apply_overrides(TrainConfig(), ["model={" + ", ".join(_laughs()) + "}"])
+    # a few aliases of small values are what anchors are for
+    p = _write(tmp_path, "seed: &n 7\nppo: {epochs: *n}\n")
+    assert load_yaml_config(TrainConfig, p).ppo.epochs == 7
+    p = _write(tmp_path, "seed: 1\n# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: file too large: more than 1 MiB"):
+        load_yaml_config(TrainConfig, p)
 
 
 # ---- overrides -------------------------------------------------------------------------

@@ -348,6 +348,203 @@ def test_unknown_parameter_name_and_wrong_count():
 
 
 # --------------------------------------------------------------------------------------
+# Load-time validation: a family that loads can run (one FamilyError naming file and key)
+# --------------------------------------------------------------------------------------
+CARTPOLE_MASS = """\
+name: cp
+description: CartPole-v1 with a varying pole mass
+env_id: CartPole-v1
+params:
+  masspole:
+    bounds: [0.005, 2.0]
+    train: {ranges: [[0.05, 0.5]]}
+derived:
+  total_mass: masspole + masscart
+  polemass_length: masspole * length
+heldout:
+  interpolation: {values: [0.1]}
+  extrapolation: {values: [1.0]}
+"""
+
+
+def load_text(tmp_path: Path, text: str, name: str = "bad.yaml") -> Family:
+    path = tmp_path / name
+    path.write_text(text)
+    return load_family(path)
+
+
+def refused(tmp_path: Path, text: str, match: str, name: str = "bad.yaml") -> str:
+    """Load ``text`` as a family file, expect one FamilyError line matching ``match``."""
+    with pytest.raises(FamilyError, match=match) as e:
+        load_text(tmp_path, text, name)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and str(tmp_path / name) in msg
+    return msg
+
+
+def test_base_text_of_these_tests_loads(tmp_path):
+    fam = load_text(tmp_path, CARTPOLE_MASS, "cp.yaml")
+    assert fam.param_names == ("masspole",) and set(fam.derived) == {"total_mass", "polemass_length"}
+
+
+@pytest.mark.parametrize("text, key, first", [
+    (CARTPOLE_MASS + "env_id: Pendulum-v1\n", "env_id", 3),
+    (CARTPOLE_MASS.replace("    train:", "    bounds: [0.1, 1.0]\n    train:"), r"params\.masspole\.bounds", 6),
+    (CARTPOLE_MASS.replace("  polemass_length:", "  total_mass: masspole\n  polemass_length:"),
+     r"derived\.total_mass", 9),
+])
+def test_duplicate_key_refused(tmp_path, text, key, first):
+    # PyYAML keeps the last of two equal keys without a word; the loader names the dotted key
+    refused(tmp_path, text, rf"bad\.yaml: malformed YAML at line \d+, column \d+: duplicate key '{key}' "
+                            rf"\(first defined on line {first}\)")
+
+
+def test_unknown_env_id_refused_at_load(tmp_path):
+    # training on the batched simulator would work; evaluation would die in gym.make
+    text = CARTPOLE_MASS.replace("env_id: CartPole-v1", "env_id: CartPol-v1")
+    msg = refused(tmp_path, text.replace("derived:", "batched: cartpole\nderived:"),
+                  r"bad\.yaml: env_id: gym\.make\('CartPol-v1'\) fails \(NameNotFound")
+    assert "registered Gymnasium id" in msg
+
+
+def test_env_kwargs_the_env_does_not_take_refused(tmp_path):
+    refused(tmp_path, CARTPOLE_MASS + "env_kwargs: {gravity: 3.7}\n",
+            r"bad\.yaml: env_kwargs: gym\.make\('CartPole-v1', gravity=3\.7\) fails \(TypeError.*'gravity'")
+    ok = load_text(tmp_path, CARTPOLE_MASS + "env_kwargs: {sutton_barto_reward: true}\n", "ok.yaml")
+    assert ok.env_kwargs == {"sutton_barto_reward": True}
+
+
+@pytest.mark.parametrize("section, line, key, hint", [
+    ("params", None, r"params\.masspol", "masspole"),
+    ("fixed", "fixed: {gravty: 3.0}\n", r"fixed\.gravty", "gravity"),
+    ("derived", "  total_mas: masspole + masscart\n", r"derived\.total_mas", "total_mass"),
+])
+def test_attribute_the_env_lacks_refused_at_load(tmp_path, section, line, key, hint):
+    if section == "params":
+        text = CARTPOLE_MASS.replace("  masspole:\n", "  masspol:\n").replace("masspole +", "masspol +")
+        text = text.replace("masspole *", "masspol *")
+    elif section == "fixed":
+        text = CARTPOLE_MASS + line
+    else:
+        text = CARTPOLE_MASS.replace("derived:\n", "derived:\n" + line)
+    refused(tmp_path, text, rf"bad\.yaml: {key}: CartPole-v1 has no attribute .*did you mean '{hint}'")
+
+
+@pytest.mark.parametrize("expr, bounds, problem", [
+    ("length / (masspole - 2.0)", [0.005, 2.0], r"divides by zero at masspole=2$"),  # at the upper bound
+    ("masspole * lenght", [0.005, 2.0], r"CartPole-v1 has no attribute 'lenght' \(did you mean 'length'\?\)"),
+    ("masspole ** 1000", [0.005, 5.0], r"overflows at masspole=5$"),
+    ("10.0 ** 400", [0.005, 2.0], r"overflows at masspole=0\.005$"),
+    ("9 ** 9 ** 9", [0.005, 2.0], r"overflows at"),  # numbers are floats: no unbounded int power
+    ("1e308 * 10 * masspole", [0.005, 2.0], r"is inf at masspole=0\.005; .*finite number"),
+    ("(masspole - 1) ** 0.5", [0.005, 2.0], r"is \(.*j\) at masspole=0\.005; .*finite number"),  # complex
+])
+def test_derived_that_cannot_be_evaluated_refused_at_load(tmp_path, expr, bounds, problem):
+    text = CARTPOLE_MASS.replace("masspole * length", expr).replace("[0.005, 2.0]", str(bounds))
+    refused(tmp_path, text, rf"bad\.yaml: derived\.polemass_length: .*{problem}")
+
+
+def test_derived_checked_at_both_signs_of_a_signed_parameter(tmp_path):
+    raw = raw_builtin("cartpole-actuator")
+    raw["derived"] = {"tau": "0.002 * force_mag ** 0.5"}  # fine for a positive gain only
+    write_yaml(tmp_path / "bad.yaml", raw)
+    with pytest.raises(FamilyError, match=r"bad\.yaml: derived\.tau: .* at force_mag=-0\.5; "):
+        load_family(tmp_path / "bad.yaml")
+
+
+def test_probe_values_are_the_corners_or_each_end_with_the_others_mid():
+    assert load_family("cartpole-actuator").probe_values().flatten().tolist() == [0.5, 30.0, -0.5, -30.0]
+    corners = load_family("acrobot-links").probe_values()
+    assert corners.shape == (8, 3) and {tuple(r) for r in corners.tolist()} == set(
+        itertools.product([0.1, 3.0], repeat=3))
+    # 7 parameters: 128 corners is past the cap, so each end with the others mid-train, plus all-low/all-high
+    names = [f"p{i}" for i in range(7)]
+    raw = {"name": "many", "env_id": "CartPole-v1",
+           "params": {n: {"bounds": [1.0, 9.0], "train": {"ranges": [[2.0, 4.0]]}} for n in names},
+           "heldout": {"interpolation": {"values": [dict.fromkeys(names, 3.0)]},
+                       "extrapolation": {"values": [dict.fromkeys(names, 8.0)]}}}
+    pts = family_from_dict(raw).probe_values()
+    assert pts.shape == (2 + 7 * 2, 7)
+    assert pts[0].tolist() == [1.0] * 7 and pts[1].tolist() == [9.0] * 7
+    for j in range(7):
+        ends = {tuple(r) for r in pts[2:].tolist() if sum(x != 3.0 for x in r) == 1 and r[j] != 3.0}
+        assert ends == {tuple([3.0] * j + [x] + [3.0] * (6 - j)) for x in (1.0, 9.0)}
+
+
+def test_apply_names_the_derived_key_and_the_values_at_run_time():
+    # a family the load check cannot catch (it breaks inside the bounds) fails clearly in apply
+    raw = raw_builtin("cartpole-mass")
+    raw["derived"]["polemass_length"] = "length / (masspole - 0.3)"
+    fam = family_from_dict(raw, source="mid.yaml")
+    env = gym.make("CartPole-v1")
+    try:
+        fam.apply(env, [0.2])
+        with pytest.raises(FamilyError, match=r"mid\.yaml: derived\.polemass_length: .*divides by zero at "
+                                              r"masspole=0\.3$"):
+            fam.apply(env, [0.3])
+    finally:
+        env.close()
+
+
+def test_a_load_builds_one_env(monkeypatch):
+    made = []
+    real = gym.make
+    monkeypatch.setattr(gym, "make", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    load_family("cartpole-mass-length")  # env, attribute, stale and derived checks together
+    assert made == ["CartPole-v1"]
+
+
+def billion_laughs(levels: int = 9, width: int = 9) -> str:
+    """A family whose description nests ``levels`` anchors of ``width`` aliases each."""
+    lines = ["name: laughs", "env_id: CartPole-v1", "description:",
+             f"  - &l0 [{', '.join(['lol'] * width)}]"]
+    lines += [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n" + CARTPOLE_MASS.split("env_id: CartPole-v1\n", 1)[1]
+
+
+def test_alias_bomb_refused_before_expansion(tmp_path):
+    import time
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        msg = refused(tmp_path, billion_laughs(), r"bad\.yaml: too many YAML aliases at line \d+, column \d+: "
+                                                  r"the aliases up to 'description\[\d\]\[\d\]' stand for more than")
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 0.5 and peak < 20 * 2**20, (elapsed, peak)
+    assert "billion laughs" in msg
+    # a few aliases of small blocks are fine
+    fam = load_text(tmp_path, billion_laughs(levels=2, width=3), "ok.yaml")
+    assert fam.description == str([["lol"] * 3, [["lol"] * 3] * 3])
+
+
+def test_family_file_over_1_mib_refused_before_parsing(tmp_path):
+    text = CARTPOLE_MASS + "# " + "x" * (1 << 20) + "\n"
+    refused(tmp_path, text, r"bad\.yaml: file too large: more than 1 MiB")
+
+
+def test_cli_refuses_a_bad_family_with_one_line_and_no_run_dir(tmp_path, capsys):
+    from hyperrl.cli import main_guard
+    from hyperrl.train import main as train_main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CARTPOLE_MASS.replace("env_id: CartPole-v1", "env_id: CartPol-v1"))
+    run = tmp_path / "run"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main_guard(train_main)(["--env-family", str(bad), "--total-steps", "64", "--device", "cpu",
+                                "--run-dir", str(run)])
+    assert exc.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: family file {bad}: env_id: "), err
+    assert "Traceback" not in err[0] and not run.exists()
+
+
+# --------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", BUILTINS)
