@@ -92,7 +92,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -112,6 +111,7 @@ from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import Actor, ActorFactory
 from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
 from hyperrl.families import Family, load_family
+from hyperrl.fileio import check_writable, publish_dir, refuse_existing
 from hyperrl.hypernet import functional_mlp, make_target_mlp
 from hyperrl.ppo import Categorical, DiagGaussian, gae, ppo_loss
 from hyperrl.seeding import MAX_SEED
@@ -1528,18 +1528,15 @@ def _policy_payload(res: AdaptResult, source: Any, mode: str) -> dict[str, Any]:
 
 def _write_adapted(source: Any, out_dir: Path, mode: str, res: AdaptResult, run_info: dict[str, Any],
                    metrics: dict[str, Any], curves: Mapping[str, Any], force: bool) -> Path:
-    """Write ``out_dir`` under a temporary name, then rename it into place."""
+    """Write ``out_dir`` whole (:func:`hyperrl.fileio.publish_dir`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from torch.utils.tensorboard import SummaryWriter
 
     from hyperrl.plots import close_figure, figure_to_array
 
     family: Family = source.family
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{out_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    tmp.mkdir()
-    try:
+
+    def build(tmp: Path) -> None:
         shutil.copyfile(source.run_dir / "family.yaml", tmp / "family.yaml")
         (tmp / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -1565,17 +1562,8 @@ def _write_adapted(source: Any, out_dir: Path, mode: str, res: AdaptResult, run_
             writer.add_text("adapt/table", "    " + format_curves(curves).replace("\n", "\n    "), 0)
         finally:
             writer.close()
-        if out_dir.exists():
-            if not force:
-                raise HyperrlError(f"{out_dir} already exists; pick another --name or pass --force")
-            trash = parent / f".{out_dir.name}.{secrets.token_hex(4)}.old"
-            os.replace(out_dir, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+
+    return publish_dir(out_dir, build, force)
 
 
 def _world_info(world: Family) -> dict[str, Any]:
@@ -1684,10 +1672,10 @@ def adapt(
     bl = budgets_for(episodes, budgets)
     root = Path(run_dir) / "adapt"
     names = {m: (name or _default_name(family, m, env_values, hidden, episodes, seed)) for m in modes}
-    if save and not force:
-        for m, nm in names.items():
-            if (root / nm).exists():
-                raise HyperrlError(f"{root / nm} already exists; pick another --name or pass --force")
+    if save:  # before adapting, which may take long
+        for nm in names.values():
+            refuse_existing(root / nm, force)
+        check_writable(root)
 
     t0 = time.perf_counter()
     curves: dict[str, list[dict[str, Any]]] = {}

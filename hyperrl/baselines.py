@@ -52,7 +52,7 @@ from hyperrl import __version__
 from hyperrl.api import Values, register_loader
 from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.errors import HyperrlError
-from hyperrl.fileio import new_run_dir, write_json
+from hyperrl.fileio import fresh_run_dir, write_json
 from hyperrl.evaluation import Actor, ActorFactory, evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
 
@@ -516,39 +516,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise HyperrlError(f"--set: stable-baselines3 PPO rejects these hyperparameters: "
                                f"{type(e).__name__}: {e}") from None
 
-    run_dir = new_run_dir(family.name, f"{args.method}-", args.seed, args.run_dir)
-    shutil.copyfile(family.source, run_dir / "family.yaml")
-    hp = hyperparams(family, overrides)
-    run_info: dict[str, Any] = {
-        "method": args.method, "family": family.name, "seed": args.seed, "total_steps": args.total_steps,
-        "algorithm": "stable-baselines3 PPO MlpPolicy",
-        "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
-        "hyperparams_source": ("rl-baselines3-zoo" if family.env_id in ZOO_HYPERPARAMS else "sb3-defaults")
-                              + (" + --set" if overrides else ""),
-        "device": device, "torch_threads": torch.get_num_threads() if not args.threads else args.threads,
-        "eval_episodes": args.eval_episodes, "version": __version__,
-    }
-    if args.method == "oracle":
-        run_info.update({
-            "budget": "per variant: each oracle model trains for total_steps env steps",
-            "oracle_split": args.oracle_split, "oracle_max_variants": args.oracle_max_variants,
-            "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
-                          "values": family.as_dict(v["values"])} for v in variants],
-        })
-    write_json(run_dir / "run.json", run_info)
+    # A run that fails before any model is saved leaves nothing worth keeping: its files go
+    # again, so the same --run-dir is free once the problem is fixed.
+    models_saved = lambda d: (d / "models").is_dir() and any((d / "models").iterdir())  # noqa: E731
+    with fresh_run_dir(family.name, f"{args.method}-", args.seed, args.run_dir, keep=models_saved) as run_dir:
+        shutil.copyfile(family.source, run_dir / "family.yaml")
+        hp = hyperparams(family, overrides)
+        run_info: dict[str, Any] = {
+            "method": args.method, "family": family.name, "seed": args.seed, "total_steps": args.total_steps,
+            "algorithm": "stable-baselines3 PPO MlpPolicy",
+            "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
+            "hyperparams_source": ("rl-baselines3-zoo" if family.env_id in ZOO_HYPERPARAMS else "sb3-defaults")
+                                  + (" + --set" if overrides else ""),
+            "device": device, "torch_threads": torch.get_num_threads() if not args.threads else args.threads,
+            "eval_episodes": args.eval_episodes, "version": __version__,
+        }
+        if args.method == "oracle":
+            run_info.update({
+                "budget": "per variant: each oracle model trains for total_steps env steps",
+                "oracle_split": args.oracle_split, "oracle_max_variants": args.oracle_max_variants,
+                "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
+                              "values": family.as_dict(v["values"])} for v in variants],
+            })
+        write_json(run_dir / "run.json", run_info)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    if args.method == "oracle":
-        result = train_oracle(family, run_dir, args.seed, args.total_steps, device, overrides,
-                              args.eval_episodes, variants)
-    else:
-        result = train_shared(family, args.method, run_dir, args.seed, args.total_steps, device, overrides,
-                              args.eval_episodes, args.eval_interval_steps)
-    metrics = {"family": family.name, "method": args.method, "total_steps": args.total_steps, **result,
-               "device": device, "seed": args.seed}
-    write_json(run_dir / "metrics.json", metrics)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        seed_everything(args.seed)
+        if args.method == "oracle":
+            result = train_oracle(family, run_dir, args.seed, args.total_steps, device, overrides,
+                                  args.eval_episodes, variants)
+        else:
+            result = train_shared(family, args.method, run_dir, args.seed, args.total_steps, device, overrides,
+                                  args.eval_episodes, args.eval_interval_steps)
+        metrics = {"family": family.name, "method": args.method, "total_steps": args.total_steps, **result,
+                   "device": device, "seed": args.seed}
+        write_json(run_dir / "metrics.json", metrics)
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1f}"

@@ -45,6 +45,7 @@ import numpy as np
 from hyperrl.api import read_run_info
 from hyperrl.cli import int_range, main_guard, make_parser, seed_arg
 from hyperrl.errors import HyperrlError
+from hyperrl.fileio import publish_dir, refuse_existing
 from hyperrl.families import SPLITS
 
 __all__ = ["iqm", "stratified_bootstrap_ci", "aggregate", "RunScores", "load_run_scores",
@@ -417,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="use RUN_DIR/eval/<eval-name>/results.json when present")
     parser.add_argument("--bootstrap-reps", type=int_range(1), default=2000)
     parser.add_argument("--bootstrap-seed", type=seed_arg, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an existing comparison in --out")
     args = parser.parse_args(argv)
     if args.name is not None and (not args.name or "/" in args.name or args.name in (".", "..")):
         raise HyperrlError(f"--name must be a plain folder name, got {args.name!r}")
@@ -435,21 +437,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise HyperrlError(f"--out {out} exists and is not a folder")
     if (out / "run.json").exists():
         raise HyperrlError(f"--out {out} is a run dir; pick another folder")
+    # --force replaces a comparison, never a folder of other files
+    if out.is_dir() and any(out.iterdir()) and not (out / "comparison.json").is_file():
+        raise HyperrlError(f"--out {out} exists and holds other files than a comparison; pick another folder")
+    refuse_existing(out, args.force, "pick another --out or --name, or pass --force")
 
     text = markdown_tables(summary, reps=args.bootstrap_reps)
     fig = comparison_figure(summary)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HyperrlError(f"cannot create {out}: {e.strerror}") from None
+    data = {"families": summary, "bootstrap": {"reps": args.bootstrap_reps, "seed": args.bootstrap_seed,
+                                               "confidence": 0.95, "statistic": "iqm"},
+            "eval_name": args.eval_name}
     from hyperrl.plots import save_figure
 
-    (out / "comparison.md").write_text(text)
-    save_figure(fig, out / "comparison.png")
-    (out / "comparison.json").write_text(json.dumps(
-        {"families": summary, "bootstrap": {"reps": args.bootstrap_reps, "seed": args.bootstrap_seed,
-                                            "confidence": 0.95, "statistic": "iqm"},
-         "eval_name": args.eval_name}, indent=2))
+    def build(folder: Path) -> None:
+        (folder / "comparison.md").write_text(text)
+        save_figure(fig, folder / "comparison.png")
+        (folder / "comparison.json").write_text(json.dumps(data, indent=2))
+
+    publish_dir(out, build, args.force, "pick another --out or --name, or pass --force")
     print(text)
     print(f"wrote {out / 'comparison.md'}, {out / 'comparison.png'}, {out / 'comparison.json'}")
     return 0

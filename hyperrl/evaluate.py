@@ -26,7 +26,8 @@ both backends (the batched simulator starts from Gymnasium's initial states and 
 float64), so the two backends give the same returns for the same policy, up to float
 rounding that a long balancing episode can amplify.
 
-Outputs (written only after the evaluation succeeded, each file atomically):
+Outputs (written only after the evaluation succeeded; the folder appears whole, and an
+existing one is replaced only with ``--force``, as every command's outputs):
 ``RUN_DIR/eval/<name>/results.json``, ``results.csv``, ``return_vs_param.png``; the same
 scalars, the figure and the table in the run's TensorBoard under ``eval/<name>/...``
 (a new event file in RUN_DIR); a table on stdout. ``<name>`` defaults to the selection
@@ -54,7 +55,7 @@ import torch
 
 from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.errors import HyperrlError
-from hyperrl.fileio import atomic_write_bytes
+from hyperrl.fileio import check_writable, publish_dir, refuse_existing
 from hyperrl.evaluation import EpisodeStats, evaluate_values
 from hyperrl.families import SPLITS, Family
 
@@ -336,10 +337,12 @@ def _figure(run: Any, results: dict[str, Any], name: str):
     return return_vs_param_figure(family, v, means, stds, title=title, threshold=family.success_return)
 
 
-def write_outputs(run: Any, results: dict[str, Any], name: str, tensorboard: bool = True) -> Path:
-    """Write ``RUN_DIR/eval/<name>/`` (results.json, results.csv, return_vs_param.png, each
-    atomically) and log to the run's TensorBoard; returns the output folder. Everything is
-    rendered in memory first, so a failure leaves the run dir untouched."""
+def write_outputs(run: Any, results: dict[str, Any], name: str, tensorboard: bool = True,
+                  force: bool = False) -> Path:
+    """Write ``RUN_DIR/eval/<name>/`` (results.json, results.csv, return_vs_param.png; the
+    folder appears whole, an existing one is replaced only with ``force``) and log to the
+    run's TensorBoard; returns the output folder. Everything is rendered in memory first, so
+    a failure leaves the run dir untouched."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from hyperrl.plots import close_figure, figure_to_array
@@ -354,11 +357,12 @@ def write_outputs(run: Any, results: dict[str, Any], name: str, tensorboard: boo
     image = figure_to_array(fig, close=False)
     close_figure(fig)
 
-    out = Path(run.run_dir) / "eval" / name
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "results.json", json_bytes)
-    atomic_write_bytes(out / "results.csv", csv_bytes)
-    atomic_write_bytes(out / "return_vs_param.png", png.getvalue())
+    def build(folder: Path) -> None:
+        (folder / "results.json").write_bytes(json_bytes)
+        (folder / "results.csv").write_bytes(csv_bytes)
+        (folder / "return_vs_param.png").write_bytes(png.getvalue())
+
+    out = publish_dir(Path(run.run_dir) / "eval" / name, build, force)
     if tensorboard:
         _log_tensorboard(run, results, name, image)
     return out
@@ -441,9 +445,11 @@ def evaluate_run(
     name: str | None = None,
     deterministic: bool = True,
     write: bool = True,
+    force: bool = False,
 ) -> tuple[dict[str, Any], Path | None]:
-    """Load ``run_dir`` (any method), evaluate the selection, write the outputs (``write``).
-    Returns ``(results, output folder)``. Every error is raised before anything is written."""
+    """Load ``run_dir`` (any method), evaluate the selection, write the outputs (``write``;
+    an existing ``eval/<name>`` only with ``force``). Returns ``(results, output folder)``.
+    Every error is raised before anything is written."""
     from hyperrl import __version__
 
     if backend not in BACKENDS:
@@ -473,6 +479,9 @@ def evaluate_run(
                             {**sel.detail, "restricted_to_run_variants": True}, sel.name)
     name = name or _default_name(sel, backend, checkpoint, deterministic)
     check_output_name(name)
+    if write:  # before the evaluation, which may take long
+        refuse_existing(Path(run_dir) / "eval" / name, force)
+        check_writable(Path(run_dir) / "eval")
     t0 = time.perf_counter()
     stats = run_evaluation(run, sel.values, episodes, seed, backend, dev, deterministic)
     ckpt = getattr(run, "checkpoint_path", None)
@@ -493,7 +502,7 @@ def evaluate_run(
         "eval_seconds": round(time.perf_counter() - t0, 3),
     }
     results = build_results(run, sel, stats, settings)
-    out = write_outputs(run, results, name) if write else None
+    out = write_outputs(run, results, name, force=force) if write else None
     return results, out
 
 
@@ -519,12 +528,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="hyperrl runs: which checkpoint (best when not given)")
     parser.add_argument("--name", default=None, help="output name under RUN_DIR/eval/ (derived from the selection when not given)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the policy's mode")
+    parser.add_argument("--force", action="store_true", help="replace an existing RUN_DIR/eval/<name>/")
     args = parser.parse_args(argv)
 
     results, out = evaluate_run(args.run_dir, split=args.split, values=args.values, grid=args.grid,
                                 episodes=args.episodes, backend=args.backend, seed=args.seed,
                                 device=args.device, checkpoint=args.checkpoint, name=args.name,
-                                deterministic=not args.stochastic)
+                                deterministic=not args.stochastic, force=args.force)
     s = results["settings"]
     print(f"{results['run_dir']} ({results['method']}, {results['family']}), checkpoint {s['checkpoint']}, "
           f"step {s['step']}: {s['episodes']} episodes per variant, {s['backend']} backend, seed {s['seed']}, "

@@ -30,7 +30,7 @@ from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluation import evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
-from hyperrl.fileio import new_run_dir, write_json
+from hyperrl.fileio import check_writable, fresh_run_dir, write_json
 from hyperrl.ppo import explained_variance, gae, ppo_loss
 from hyperrl.resources import builtin_dir
 from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
@@ -504,6 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if payload["step"] >= cfg.total_steps:
             print(f"run {run_dir} already has {payload['step']:,} of {cfg.total_steps:,} steps; nothing to do")
             return 0
+        check_writable(run_dir)
+        check_writable(ckpt.latest_path.parent)
         save_config(cfg, run_dir / "config.yaml")
         train(cfg, family, run_dir, resume=payload)
         print(f"run dir: {run_dir}")
@@ -519,13 +521,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
               f"{batch:,}; training runs {cfg.num_updates:,} update(s) = {cfg.num_updates * batch:,} steps",
               file=sys.stderr)
-    run_dir = new_run_dir(family.name, "", cfg.seed, args.run_dir,
-                          "use --resume to continue it or pick another --run-dir")
-    save_config(cfg, run_dir / "config.yaml")
-    shutil.copyfile(family.source, run_dir / "family.yaml")
-    write_json(run_dir / "run.json", {"method": "hyperrl", "family": family.name, "seed": cfg.seed,
-                                      "version": __version__})
-    metrics = train(cfg, family, run_dir)
+    # A run that fails before its first checkpoint leaves nothing worth keeping: its files go
+    # again, so the same --run-dir is free once the problem is fixed.
+    with fresh_run_dir(family.name, "", cfg.seed, args.run_dir,
+                       keep=lambda d: CheckpointManager(d).latest_path.is_file(),
+                       exists_hint="use --resume to continue it or pick another --run-dir") as run_dir:
+        save_config(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "run.json", {"method": "hyperrl", "family": family.name, "seed": cfg.seed,
+                                          "version": __version__})
+        shutil.copyfile(family.source, run_dir / "family.yaml")
+        metrics = train(cfg, family, run_dir)
     print(f"run dir: {run_dir}")
     print(f"held-out return: interpolation {metrics['eval_interpolation_return']:.1f}, "
           f"extrapolation {metrics['eval_extrapolation_return']:.1f}; "
