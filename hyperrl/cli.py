@@ -1,8 +1,9 @@
 """Shared command-line plumbing: one-line errors, argparse setup, config flags, ``--device``.
 
 Every entry point is wrapped in :func:`main_guard`, so a :class:`HyperrlError` (bad
-family, config key, run dir, checkpoint...) prints ``error: <message>`` on one line and
-exits with status 2, Ctrl-C exits with 130, and only real bugs show a traceback.
+family, config key, run dir, checkpoint...) or an allocation the machine cannot serve prints
+``error: <message>`` on one line and exits with status 2, Ctrl-C exits with 130, and only
+real bugs show a traceback.
 """
 
 from __future__ import annotations
@@ -55,12 +56,41 @@ def main_guard(fn: F) -> F:
             sys.stdout.flush()
             print(f"error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
+        except (MemoryError, RuntimeError) as e:
+            if not _out_of_memory(e):
+                raise
+            sys.stdout.flush()
+            print(f"error: out of memory ({_allocation(e)}); use fewer envs, variants, episodes or steps per "
+                  "rollout, or smaller networks", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             sys.stdout.flush()
             print("interrupted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation the machine cannot serve (host or accelerator memory): a setting that
+    asks for too much, not a bug."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError
+        return True
+    text = str(e)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _allocation(e: BaseException) -> str:
+    """``tried to allocate 8.0 GiB`` when the message says how much, else the message."""
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", str(e)) or re.search(r"allocate ([\d.]+ [KMGT]i?B)", str(e))
+    if m is None:
+        return _one_line(str(e))[:200] or type(e).__name__
+    amount = m.group(1)
+    if amount.isdigit():
+        amount = f"{int(amount) / 2**30:.1f} GiB"
+    return f"tried to allocate {amount}"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

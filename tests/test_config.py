@@ -480,3 +480,24 @@ def test_configs_built_in_python_are_checked_like_loaded_ones():
     assert (cfg.env.num_envs, cfg.ppo.num_minibatches) == (4, 2)
     with pytest.raises(ConfigError, match=r"ppo.num_minibatches \(8\) must be <= env.num_envs \(4\)"):
         apply_overrides(RealTrainConfig(), ["ppo.num_minibatches=8", "env.num_envs=4"])
+
+
+def test_main_guard_turns_an_allocation_failure_into_one_line(capsys):
+    from hyperrl.cli import main_guard
+
+    def oom(_argv=None):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 8589934592 bytes. Error code 12")
+
+    with pytest.raises(SystemExit) as exc:
+        main_guard(oom)()
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["error: out of memory (tried to allocate 8.0 GiB); use fewer envs, variants, episodes or "
+                     "steps per rollout, or smaller networks"]
+
+    def bug(_argv=None):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):  # a real bug keeps its traceback
+        main_guard(bug)()
