@@ -307,12 +307,14 @@ class SyncRecorder:
     """
 
     def __init__(self, enabled: bool):
+        import hyperrl.checkpoint as checkpoint_mod
         import hyperrl.train as train_mod
 
         self.enabled = enabled
         self.train_code = train_mod.train.__code__
         self.train_file = self.train_code.co_filename
-        self.checkpoint_file = str(ROOT / "hyperrl" / "checkpoint.py")
+        self.checkpoint_file = checkpoint_mod.load_checkpoint.__code__.co_filename
+        self.package_dir = str(Path(self.train_file).parent)  # the hyperrl actually imported
         self.loop = loop_lines(train_mod.train)
         self.phases: Counter[str] = Counter()
         self.loop_sites: Counter[str] = Counter()
@@ -322,7 +324,7 @@ class SyncRecorder:
         f = frame
         while f is not None:
             code = f.f_code
-            if code.co_filename.startswith(str(ROOT / "hyperrl")) and site is None:
+            if code.co_filename.startswith(self.package_dir) and site is None:
                 site = f"{Path(code.co_filename).name}:{f.f_lineno} ({code.co_name})"
             if code.co_name == "run_eval" and code.co_filename == self.train_file:
                 phase = "eval"
