@@ -267,9 +267,9 @@ def main() -> int:
 
     torch.set_num_threads(max(1, args.threads))
     from hyperrl.adapt import AdaptConfig, adapt, evaluate_policy, generated_policy
-    from hyperrl.api import load
+    from hyperrl.runs import load
     from hyperrl.families import load_family
-    from hyperrl.policy import HyperRun
+    from hyperrl.hyperrun import HyperRun
 
     runs, drs, oracles = family_map(args.run, "--run"), family_map(args.dr, "--dr"), family_map(args.oracle, "--oracle")
     families = [f for f in args.families.split(",") if f.strip()]

@@ -113,7 +113,7 @@ def part_throughput(args: argparse.Namespace) -> None:
 
 def part_cartpole_mass(args: argparse.Namespace) -> None:
     from hyperrl.families import load_family
-    from hyperrl.sb3 import make_sb3_ppo, train_sb3_until
+    from hyperrl.baselines import make_sb3_ppo, train_sb3_until
 
     print(f"\n## cartpole-mass: time to mean zero-shot return >= 475 on both held-out splits ({args.seeds} seeds)\n")
     rows = []
@@ -127,7 +127,7 @@ def part_cartpole_mass(args: argparse.Namespace) -> None:
     sb3_rows = []
     for seed in range(1, args.sb3_seeds + 1):
         model = make_sb3_ppo(fam, "concat", seed)
-        r = train_sb3_until(model, fam, "concat", 475.0, max_steps=args.sb3_steps, eval_every=10_000, seed=seed)
+        r = train_sb3_until(model, fam, "concat", 475.0, max_steps=args.sb3_steps, eval_every=10_000)
         sb3_rows.append(r)
         f = r["final"]
         print(f"SB3 concat seed {seed}: reached={r['reached']} time {r['time_to_target_s']} steps "

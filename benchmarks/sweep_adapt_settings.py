@@ -42,8 +42,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from hyperrl.adapt import AdaptConfig, _parse_single_values, adapt_mode, evaluate_policy, generated_policy
-    from hyperrl.api import read_run_info
-    from hyperrl.policy import HyperRun
+    from hyperrl.runs import read_run_info
+    from hyperrl.hyperrun import HyperRun
 
     runs = []
     for item in args.run:

@@ -14,7 +14,7 @@ def __getattr__(name: str):  # lazy: `import hyperrl` stays cheap for CLIs
 
         return getattr(families, name)
     if name == "load":
-        from hyperrl.api import load
+        from hyperrl.runs import load
 
         return load
     if name == "make_vec_env":

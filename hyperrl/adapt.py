@@ -105,10 +105,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hyperrl.api import Values, read_run_info, register_loader
+from hyperrl.runs import Values, read_metrics, read_run_info
 from hyperrl.config import Checked, ConfigError, apply_overrides, opt
 from hyperrl.errors import HyperrlError
-from hyperrl.evaluation import Actor, ActorFactory
+from hyperrl.episodes import Actor, ActorFactory
 from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE, check_output_name
 from hyperrl.families import Family, load_family
 from hyperrl.fileio import check_writable, publish_dir, refuse_existing
@@ -133,7 +133,7 @@ __all__ = [
     "evaluate_policy",
     "adapt",
     "AdaptedRun",
-    "load_adapted",
+    "load_adapted_run",
     "main",
 ]
 
@@ -842,7 +842,7 @@ class SB3Learner(_Learner):
 
     def actor_factory(self, deterministic: bool = True, seed: int = 0,
                       device: torch.device | str = "cpu") -> ActorFactory:
-        from hyperrl.sb3 import sb3_actor
+        from hyperrl.baselines import sb3_actor
 
         pol = _clone_sb3_policy(self.policy_module).to(device)
         pol.set_training_mode(False)
@@ -1359,7 +1359,7 @@ def evaluate_policy(family: Family, policy: Any, values: torch.Tensor, episodes:
 
 def _forgetting(source: Any, agent: Any, device: torch.device, episodes: int = 1) -> dict[str, float]:
     """Mean interpolation held-out return of the pre-trained and the adapted hypernetwork."""
-    from hyperrl.evaluation import evaluate_values
+    from hyperrl.episodes import evaluate_values
 
     fam = source.family
     vals = fam.heldout_values("interpolation")
@@ -1605,7 +1605,7 @@ def adapt(
     ``{"curves": {line: [points]}, "dirs": {mode: path}, "notes": [...], ...}``.
     """
     from hyperrl.cli import parse_device
-    from hyperrl.policy import HyperRun
+    from hyperrl.hyperrun import HyperRun
 
     cfg = config or AdaptConfig()
     if isinstance(modes, str):
@@ -1652,7 +1652,7 @@ def adapt(
     dr_run = None
     notes: list[str] = []
     if dr is not None:
-        from hyperrl.api import load
+        from hyperrl.runs import load
 
         dr_method = read_run_info(dr)["method"]
         if dr_method != "dr":
@@ -1742,7 +1742,7 @@ def _version() -> str:
 # ======================================================================================
 class AdaptedRun:
     """A policy adapted to ONE variant (``method: adapted``), implementing
-    :class:`hyperrl.api.LoadedRun`.
+    :class:`hyperrl.runs.LoadedRun`.
 
     :meth:`actor_factory` and :meth:`policy` act with the adapted policy whatever values they
     are asked about (it is a single-variant policy: ``variants`` is ``[[values]]``, so
@@ -1768,11 +1768,7 @@ class AdaptedRun:
         except (KeyError, TypeError) as e:
             raise HyperrlError(f"{self.run_dir / 'run.json'} is corrupt: {e}") from None
         self.variants = self.values.reshape(1, -1)
-        mpath = self.run_dir / "metrics.json"
-        try:
-            self.info: dict[str, Any] = json.loads(mpath.read_text()) if mpath.is_file() else {}
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise HyperrlError(f"{mpath} is corrupt: {e}") from None
+        self.info: dict[str, Any] = read_metrics(self.run_dir)
         self.step = self.info.get("env_steps")
         ppath = self.run_dir / POLICY_FILE
         if not ppath.is_file():
@@ -1807,7 +1803,7 @@ class AdaptedRun:
     def regenerate(self) -> WeightsPolicy:
         """Context / hypernet mode: the policy re-derived from the source run (context mode)
         or the saved hypernetwork (hypernet mode) at the saved context."""
-        from hyperrl.policy import HyperRun
+        from hyperrl.hyperrun import HyperRun
 
         ctx = self.payload.get("context")
         if ctx is None:
@@ -1846,11 +1842,12 @@ class AdaptedRun:
                                values=self.values, seed=seed)
 
 
-def load_adapted(run_dir: Path, info: dict[str, Any], device: torch.device | str = "cpu", **_: Any) -> AdaptedRun:
+def load_adapted_run(run_dir: Path, info: dict[str, Any], device: torch.device | str = "cpu") -> AdaptedRun:
+    """The loader :func:`hyperrl.runs.load` calls for ``method: adapted``."""
     return AdaptedRun(run_dir, info, device=device)
 
 
-register_loader("adapted", load_adapted)
+
 
 
 # ======================================================================================

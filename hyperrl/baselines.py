@@ -6,7 +6,7 @@
         [--eval-episodes E] [--eval-interval-steps S] [--threads T] [--set KEY=VALUE ...]
 
 Every method is SB3 PPO (``MlpPolicy``) with rl-baselines3-zoo's tuned hyperparameters for
-the family's env id (:data:`hyperrl.sb3.ZOO_HYPERPARAMS`; SB3's defaults for an env id the
+the family's env id (:data:`ZOO_HYPERPARAMS`; SB3's defaults for an env id the
 zoo table lacks), on real Gymnasium envs (:class:`hyperrl.wrappers.FamilyEnv`):
 
 * ``dr`` (domain randomisation): one policy; the parameters are re-drawn from the train
@@ -29,7 +29,7 @@ hyperparameters; oracle: the variants and their model files), ``family.yaml``, `
 zero-shot held-out returns ``eval_interpolation_return``/``eval_extrapolation_return`` and
 per variant ``heldout``; oracle: only the variants it has, the other split is ``null``),
 TensorBoard scalars ``eval/<split>/return_mean`` in the run dir and SB3's own logs under
-``sb3/``. The held-out evaluation is :func:`hyperrl.evaluation.evaluate_values`, the code
+``sb3/``. The held-out evaluation is :func:`hyperrl.episodes.evaluate_values`, the code
 that scores the hypernetwork (batched simulator, deterministic actions). Training runs on
 ``--threads 1`` by default: SB3's small MLPs are fastest single-threaded (5x faster than two
 threads on a busy 2-core machine).
@@ -38,29 +38,33 @@ threads on a busy 2-core machine).
 from __future__ import annotations
 
 import inspect
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from hyperrl import __version__
-from hyperrl.api import Values, register_loader
 from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
+from hyperrl.episodes import HELDOUT_EVAL_SEED, Actor, ActorFactory, evaluate_values
 from hyperrl.errors import HyperrlError
-from hyperrl.fileio import fresh_run_dir, write_json
-from hyperrl.evaluation import Actor, ActorFactory, evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
+from hyperrl.fileio import fresh_run_dir, write_json
+from hyperrl.runs import Values, read_metrics, read_run_info
+from hyperrl.wrappers import FamilyEnv
 
 __all__ = [
     "METHODS",
     "ORACLE_SPLITS",
     "BaselineRun",
-    "load_baseline",
+    "ZOO_HYPERPARAMS",
+    "load_baseline_run",
+    "make_sb3_ppo",
+    "sb3_actor",
+    "train_sb3_until",
     "select_variants",
     "make_ppo",
     "model_actor",
@@ -70,8 +74,139 @@ __all__ = [
 METHODS = ("dr", "concat", "oracle")
 ORACLE_SPLITS = ("extrapolation", "interpolation", "all")
 DEFAULT_TOTAL_STEPS = 100_000
-EVAL_SEED = 10_000  # same base seed as hyperrl.train's held-out evaluations
 MATCH_RTOL = 1e-9  # an oracle model serves values equal to its variant's within this relative tolerance
+
+
+# --------------------------------------------------------------------------------------
+# SB3 PPO on a family: dr (no context) and concat (context appended to the observation),
+# scored by the same evaluation code as the hypernetwork; also used by the benchmarks
+# --------------------------------------------------------------------------------------
+# rl-baselines3-zoo's tuned PPO hyperparameters (hyperparams/ppo.yml); lin_X = linear decay.
+ZOO_HYPERPARAMS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": dict(n_envs=8, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                        ent_coef=0.0, learning_rate=("lin", 1e-3), clip_range=("lin", 0.2)),
+    "Pendulum-v1": dict(n_envs=4, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10, ent_coef=0.0,
+                        learning_rate=1e-3, clip_range=0.2, use_sde=True, sde_sample_freq=4),
+    "Acrobot-v1": dict(n_envs=16, n_steps=256, gae_lambda=0.94, gamma=0.99, n_epochs=4, ent_coef=0.0),
+}
+
+
+def sb3_actor(model: Any, append_context: bool, deterministic: bool = True, seed: int = 0) -> ActorFactory:
+    """Actor factory for an SB3 model on any VecEnv backend.
+
+    Continuous actions are clipped and stay float32, as Gymnasium receives them. Stochastic
+    actions are sampled with torch's RNG re-seeded from (seed, call number) inside
+    ``fork_rng``: reproducible, and the global RNG is left alone.
+    """
+
+    def factory(context: torch.Tensor, values: torch.Tensor | None = None) -> Actor:
+        calls = [0]
+
+        def policy(obs: torch.Tensor) -> torch.Tensor:
+            x = torch.cat([obs, context.to(obs.dtype)], -1) if append_context else obs
+            dev = torch.device(model.device)
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), torch.no_grad():
+                torch.manual_seed(seed * 1_000_003 + calls[0])
+                action = model.policy._predict(x.to(dev, torch.float32), deterministic=deterministic)
+            calls[0] += 1
+            if action.dtype.is_floating_point:
+                low = torch.as_tensor(model.action_space.low, device=action.device)
+                high = torch.as_tensor(model.action_space.high, device=action.device)
+                action = torch.max(torch.min(action, high), low)
+            return action.to(obs.device)
+
+        return policy
+
+    return factory
+
+
+def _schedule(v: Any) -> Any:
+    if isinstance(v, tuple) and v[0] == "lin":
+        start = v[1]
+        return lambda progress: progress * start
+    return v
+
+
+def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu",
+                 values: torch.Tensor | None = None, **overrides: Any):
+    """SB3 PPO with the zoo hyperparameters for the family's env id. ``dr``/``concat``:
+    FamilyEnvs that draw a new variant every episode (``concat`` appends the context);
+    ``oracle``: FamilyEnvs fixed to ``values``."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    if method not in ("dr", "concat", "oracle"):
+        raise ValueError(f"method must be 'dr', 'concat' or 'oracle', got {method!r}")
+    if (method == "oracle") != (values is not None):
+        raise ValueError("values are required for 'oracle' and only for it")
+    hp = dict(ZOO_HYPERPARAMS.get(family.env_id, {}))
+    hp.update(overrides)
+    n_envs = hp.pop("n_envs", 1)
+    venv = make_vec_env(
+        lambda rank=0: FamilyEnv(family, values=values, append_context=(method == "concat"),
+                                 seed=seed * 1000 + rank),
+        n_envs=n_envs, seed=seed)
+    hp = {k: _schedule(v) for k, v in hp.items()}
+    return PPO("MlpPolicy", venv, seed=seed, device=device, verbose=0, **hp)
+
+
+def train_sb3_until(
+    model: Any,
+    family: Family,
+    method: str,
+    target: float | None,
+    max_steps: int,
+    eval_every: int,
+    episodes: int = 2,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` and evaluate it zero-shot on the held-out splits every ``eval_every``
+    steps; stop at ``max_steps`` or once both split means reach ``target``."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    history: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    eval_time = [0.0]
+    actor = sb3_actor(model, method == "concat")
+
+    def evaluate(step: int) -> dict[str, Any]:
+        te = time.perf_counter()
+        row: dict[str, Any] = {"step": step}
+        for split in SPLITS:
+            st = evaluate_values(actor, family, family.heldout_values(split), episodes, seed=HELDOUT_EVAL_SEED + len(history))
+            row[split] = float(st.mean.mean())
+        eval_time[0] += time.perf_counter() - te
+        row["time_s"] = time.perf_counter() - t0
+        row["train_time_s"] = row["time_s"] - eval_time[0]
+        history.append(row)
+        if on_eval:
+            on_eval(row)
+        return row
+
+    class Every(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.next = eval_every
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next:
+                self.next += eval_every
+                row = evaluate(self.num_timesteps)
+                if target is not None and min(row["interpolation"], row["extrapolation"]) >= target:
+                    return False
+            return True
+
+    cb = Every()
+    model.learn(total_timesteps=max_steps, callback=cb)
+    if not history or history[-1]["step"] != model.num_timesteps:
+        evaluate(model.num_timesteps)
+    hit = next((h for h in history if target is not None and min(h["interpolation"], h["extrapolation"]) >= target), None)
+    return {"history": history, "reached": hit is not None,
+            "time_to_target_s": hit["time_s"] if hit else None,
+            "steps_to_target": hit["step"] if hit else None,
+            "final": history[-1], "steps": model.num_timesteps,
+            "wall_s": time.perf_counter() - t0,
+            "steps_per_second": model.num_timesteps / max(time.perf_counter() - t0 - eval_time[0], 1e-9)}
 
 
 # --------------------------------------------------------------------------------------
@@ -161,8 +296,6 @@ def _check_hp(key: str, value: Any, default: Any, text: str) -> Any:
 
 def hyperparams(family: Family, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The zoo hyperparameters for the family's env id (``{}`` -> SB3 defaults), overridden."""
-    from hyperrl.sb3 import ZOO_HYPERPARAMS
-
     hp = dict(ZOO_HYPERPARAMS.get(family.env_id, {}))
     hp.update(overrides or {})
     return hp
@@ -171,9 +304,8 @@ def hyperparams(family: Family, overrides: dict[str, Any] | None = None) -> dict
 def make_ppo(family: Family, method: str, seed: int, device: str = "cpu",
              values: torch.Tensor | None = None, tensorboard_log: str | None = None,
              overrides: dict[str, Any] | None = None):
-    """SB3 PPO for ``method``: 'dr'/'concat' via :func:`hyperrl.sb3.make_sb3_ppo` (variants
+    """SB3 PPO for ``method``: 'dr'/'concat' via :func:`make_sb3_ppo` (variants
     re-drawn every episode); 'oracle' on FamilyEnvs fixed to ``values``, same hyperparameters."""
-    from hyperrl.sb3 import make_sb3_ppo
 
     if method not in ("dr", "concat", "oracle") or ((method == "oracle") != (values is not None)):
         raise ValueError(f"make_ppo: method {method!r} (oracle needs values)")
@@ -193,8 +325,7 @@ def _on_device(model: Any, device: torch.device | str) -> Any:
 
 
 def model_actor(model: Any, append_context: bool, deterministic: bool = True, seed: int = 0) -> ActorFactory:
-    """Actor factory for one SB3 model (see :func:`hyperrl.sb3.sb3_actor`)."""
-    from hyperrl.sb3 import sb3_actor
+    """Actor factory for one SB3 model (see :func:`sb3_actor`)."""
 
     return sb3_actor(model, append_context, deterministic, seed)
 
@@ -215,13 +346,6 @@ class ContextPolicy:
         return self.model.predict(np.concatenate([obs, ctx], -1), state, episode_start, deterministic)
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HyperrlError(f"{path} ({what}) is corrupt: {e}") from None
-
-
 def _load_model(path: Path, device: torch.device | str) -> Any:
     from stable_baselines3 import PPO
 
@@ -234,20 +358,17 @@ def _load_model(path: Path, device: torch.device | str) -> Any:
 
 
 class BaselineRun:
-    """A ``dr``/``concat``/``oracle`` run dir, implementing :class:`hyperrl.api.LoadedRun`."""
+    """A ``dr``/``concat``/``oracle`` run dir, implementing :class:`hyperrl.runs.LoadedRun`."""
 
     def __init__(self, run_dir: str | Path, run_info: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu"):
-        from hyperrl.api import read_run_info
-
         self.run_dir = Path(run_dir)
         self.run_info = run_info if run_info is not None else read_run_info(self.run_dir)
         self.method = str(self.run_info["method"])
         if self.method not in METHODS:
             raise HyperrlError(f"{self.run_dir}: method '{self.method}' is not a baseline ({', '.join(METHODS)})")
         self.family = load_family(self.run_dir / "family.yaml")
-        metrics = self.run_dir / "metrics.json"
-        self.info: dict[str, Any] = _read_json(metrics, "metrics") if metrics.is_file() else {}
+        self.info: dict[str, Any] = read_metrics(self.run_dir)
         self.append_context = self.method == "concat"
         if self.method == "oracle":
             variants = self.run_info.get("variants")
@@ -329,12 +450,9 @@ class BaselineRun:
         return f"BaselineRun({self.method}, family={self.family.name}, run_dir={self.run_dir})"
 
 
-def load_baseline(run_dir: Path, info: dict[str, Any], device: torch.device | str = "cpu", **_: Any) -> BaselineRun:
+def load_baseline_run(run_dir: Path, info: dict[str, Any], device: torch.device | str = "cpu") -> BaselineRun:
+    """The loader :func:`hyperrl.runs.load` calls for ``dr``, ``concat`` and ``oracle``."""
     return BaselineRun(run_dir, info, device=device)
-
-
-for _m in METHODS:
-    register_loader(_m, load_baseline)
 
 
 # --------------------------------------------------------------------------------------
@@ -374,7 +492,6 @@ def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_st
     """dr / concat: one PPO policy across the family; periodic and final held-out evaluation."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from hyperrl.sb3 import train_sb3_until
 
     t0 = time.perf_counter()
     model = make_ppo(family, method, seed, device, tensorboard_log=str(run_dir / "sb3"), overrides=overrides)
@@ -388,11 +505,11 @@ def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_st
 
     try:
         result = train_sb3_until(model, family, method, None, max_steps=total_steps,
-                                 eval_every=eval_interval, episodes=eval_episodes, seed=seed, on_eval=on_eval)
+                                 eval_every=eval_interval, episodes=eval_episodes, on_eval=on_eval)
         # Per-variant detail of the final evaluation: the same seed as its last row, so the
         # split means equal result["final"] (deterministic actions, seeded envs).
         actor = model_actor(model, method == "concat")
-        final_seed = EVAL_SEED + len(result["history"]) - 1
+        final_seed = HELDOUT_EVAL_SEED + len(result["history"]) - 1
         stats = {s: evaluate_values(actor, family, family.heldout_values(s), eval_episodes, seed=final_seed)
                  for s in SPLITS}
         model.save(str(run_dir / "model.zip"))
@@ -434,14 +551,14 @@ def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, dev
         print(f"oracle {i + 1}/{len(variants)} ({var['split']}: {family.label(var['values'])}): "
               f"{model.num_timesteps:,} steps in {time.perf_counter() - tv:.1f} s", file=sys.stderr)
     # evaluate through the loader, exactly as any consumer will
-    run = BaselineRun(run_dir, json.loads((run_dir / "run.json").read_text()), device=device)
+    run = BaselineRun(run_dir, read_run_info(run_dir), device=device)
     actor = run.actor_factory(deterministic=True, device=device)
     stats, labels = {}, {}
     for split in SPLITS:
         mine = [(i, v) for i, v in enumerate(variants) if v["split"] == split]
         if mine:
             stats[split] = evaluate_values(actor, family, torch.stack([v["values"] for _, v in mine]),
-                                           eval_episodes, seed=EVAL_SEED)
+                                           eval_episodes, seed=HELDOUT_EVAL_SEED)
             labels[split] = [variants[i]["model"] for i, _ in mine]
     writer = SummaryWriter(str(run_dir))
     try:
@@ -459,7 +576,7 @@ def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, dev
         "steps_per_second": sum(steps) / max(train_s, 1e-9),
         "eval_interpolation_return": float(stats["interpolation"].mean.mean()) if "interpolation" in stats else None,
         "eval_extrapolation_return": float(stats["extrapolation"].mean.mean()) if "extrapolation" in stats else None,
-        "eval_seed": EVAL_SEED,
+        "eval_seed": HELDOUT_EVAL_SEED,
         "heldout": rows,
         "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
                       "values": family.as_dict(v["values"]), "env_steps": s,
@@ -504,7 +621,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, v in enumerate(variants):
             v["model"] = f"models/{i}.zip"
 
-    from hyperrl.sb3 import ZOO_HYPERPARAMS
     from hyperrl.seeding import seed_everything
 
     if overrides:  # SB3 checks some combinations only when the model is built: build one first,

@@ -15,8 +15,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import torch
 
-from hyperrl.config import apply_overrides, from_dict, load_yaml_config
-from hyperrl.errors import HyperrlError
+from hyperrl.errors import HyperrlError, one_line
 
 __all__ = [
     "EXIT_USAGE",
@@ -24,8 +23,6 @@ __all__ = [
     "HyperrlArgumentParser",
     "main_guard",
     "make_parser",
-    "add_config_args",
-    "config_from_args",
     "parse_device",
     "int_range",
     "seed_arg",
@@ -34,11 +31,6 @@ __all__ = [
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 F = TypeVar("F", bound=Callable[..., Any])
-C = TypeVar("C")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def main_guard(fn: F) -> F:
@@ -54,7 +46,7 @@ def main_guard(fn: F) -> F:
             return fn(*args, **kwargs)
         except HyperrlError as e:
             sys.stdout.flush()
-            print(f"error: {_one_line(str(e)) or type(e).__name__}", file=sys.stderr)
+            print(f"error: {one_line(e) or type(e).__name__}", file=sys.stderr)
             sys.exit(EXIT_USAGE)
         except (MemoryError, RuntimeError) as e:
             if not _out_of_memory(e):
@@ -86,7 +78,7 @@ def _allocation(e: BaseException) -> str:
 
     m = re.search(r"allocate (\d+) bytes", str(e)) or re.search(r"allocate ([\d.]+ [KMGT]i?B)", str(e))
     if m is None:
-        return _one_line(str(e))[:200] or type(e).__name__
+        return one_line(e, 200) or type(e).__name__
     amount = m.group(1)
     if amount.isdigit():
         amount = f"{int(amount) / 2**30:.1f} GiB"
@@ -102,7 +94,7 @@ class HyperrlArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print ``error: <message>`` and a ``--help`` hint to stderr, exit 2."""
-        self.exit(EXIT_USAGE, f"error: {_one_line(message)}\nrun '{self.prog} --help' for usage\n")
+        self.exit(EXIT_USAGE, f"error: {one_line(message)}\nrun '{self.prog} --help' for usage\n")
 
 
 def make_parser(prog: str, description: str, *, epilog: str | None = None) -> HyperrlArgumentParser:
@@ -138,32 +130,6 @@ def seed_arg(text: str) -> int:
     from hyperrl.seeding import MAX_SEED
 
     return int_range(0, MAX_SEED)(text)
-
-
-def add_config_args(parser: argparse.ArgumentParser, *, config_help: str | None = None) -> None:
-    """Add ``--config PATH`` and repeatable ``--set KEY=VALUE`` (stored in ``args.overrides``)."""
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        default=None,
-        help=config_help or "YAML config file (keys not given take their defaults)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=None,
-        help="override one config key, e.g. --set ppo.lr=1e-3 --set model.hidden=[32,32] "
-        "(repeatable; applied after --config)",
-    )
-
-
-def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """The config ``cls`` from ``--config`` (or the defaults) with ``--set`` overrides applied."""
-    path = getattr(args, "config", None)
-    cfg = load_yaml_config(cls, path) if path else from_dict(cls, {})
-    return apply_overrides(cfg, getattr(args, "overrides", None) or [])
 
 
 def parse_device(s: str) -> torch.device:

@@ -42,7 +42,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hyperrl.api import read_run_info
+from hyperrl.runs import read_json, read_run_info
 from hyperrl.cli import int_range, main_guard, make_parser, seed_arg
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import publish_dir, refuse_existing
@@ -146,13 +146,6 @@ class RunScores:
     steps_per_variant: float | None = None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise HyperrlError(f"{path} is corrupt: {e}") from None
-
-
 def _number(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
         return None
@@ -177,7 +170,7 @@ def _result_rows(obj: Any, depth: int = 0) -> list[dict[str, Any]]:
 
 
 def _scores_from_results(path: Path) -> dict[str, list[float]]:
-    rows = _result_rows(_read_json(path))
+    rows = _result_rows(read_json(path))
     variant_rows = [r for r in rows if "values" in r or "params" in r]
     rows = variant_rows or rows
     if not rows:
@@ -195,7 +188,7 @@ def load_run_scores(run_dir: str | Path, eval_name: str = DEFAULT_EVAL_NAME) -> 
     mpath = path / "metrics.json"
     if not mpath.is_file():
         raise HyperrlError(f"{path} has no metrics.json (an unfinished or interrupted run?)")
-    metrics = _read_json(mpath)
+    metrics = read_json(mpath)
     if not isinstance(metrics, dict):
         raise HyperrlError(f"{mpath} is corrupt: expected a JSON object")
     family = info.get("family") or metrics.get("family")

@@ -6,8 +6,8 @@
         [--checkpoint best|latest] [--name NAME] [--stochastic]
 
 Works for every method (``hyperrl``, ``dr``, ``concat``, ``oracle``, ``adapted``) through
-:func:`hyperrl.api.load`, so all of them are scored by the same code
-(:func:`hyperrl.evaluation.evaluate_values`).
+:func:`hyperrl.runs.load`, so all of them are scored by the same code
+(:func:`hyperrl.episodes.evaluate_values`).
 
 What is evaluated (one of):
 
@@ -56,7 +56,8 @@ import torch
 from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import check_writable, publish_dir, refuse_existing
-from hyperrl.evaluation import EpisodeStats, evaluate_values
+from hyperrl.episodes import EpisodeStats, evaluate_values
+from hyperrl.runs import load
 from hyperrl.families import SPLITS, Family
 
 __all__ = [
@@ -411,27 +412,6 @@ def check_output_name(name: str) -> str:
     return name
 
 
-def _load_run(run_dir: str | os.PathLike, checkpoint: str | None) -> Any:
-    """:func:`hyperrl.api.load`, passing ``checkpoint`` only when given and only to a loader
-    with a ``checkpoint`` parameter (hyperrl runs; for other methods a one-line error rather
-    than a silently ignored option)."""
-    import inspect
-
-    from hyperrl import api
-
-    if checkpoint is None:
-        return api.load(run_dir)
-    method = api.read_run_info(run_dir)["method"]
-    if method not in api._LOADERS:
-        api._import_loaders()
-    loader = api._LOADERS.get(method)
-    if loader is not None:
-        params = inspect.signature(loader).parameters.values()
-        if not any(p.name == "checkpoint" and p.kind is not p.VAR_KEYWORD for p in params):
-            raise HyperrlError(f"--checkpoint is not supported for '{method}' runs ({run_dir})")
-    return api.load(run_dir, checkpoint=checkpoint)
-
-
 def evaluate_run(
     run_dir: str | os.PathLike,
     split: str | None = None,
@@ -459,7 +439,7 @@ def evaluate_run(
     if name is not None:
         check_output_name(name)
     dev = parse_device(device)
-    run = _load_run(run_dir, checkpoint)
+    run = load(run_dir, checkpoint=checkpoint)
     family: Family = run.family
     sel = select_values(family, split, values, grid)
     own = getattr(run, "variants", None)  # a per-variant method (oracle, adapted) acts on these alone

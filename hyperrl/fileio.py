@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from hyperrl.errors import HyperrlError
 
-__all__ = ["OutputError", "atomic_write", "atomic_write_bytes", "atomic_write_text", "write_json",
+__all__ = ["OutputError", "atomic_write", "atomic_write_path", "atomic_write_bytes", "atomic_write_text", "write_json",
            "check_writable", "refuse_existing", "publish_dir", "fresh_run_dir"]
 
 
@@ -50,21 +50,16 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, fsync, rename over ``path``.
+def atomic_write_path(path: str | os.PathLike, write_to: Callable[[Path], Any]) -> Path:
+    """``write_to(tmp)`` writes a temporary file beside ``path`` (for libraries that write to
+    a path: TorchScript, ONNX, matplotlib), which is fsynced and renamed over ``path``.
     An OS error (read-only folder, full disk) is an :class:`OutputError` naming ``path``."""
     path = Path(path)
+    tmp = tmp_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(path)
-        # os.open with 0o666 (not mkstemp's 0o600) so the file gets the usual umask permissions
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {_why(e)}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+        write_to(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
@@ -74,6 +69,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             raise OutputError(f"cannot write {path}: {_why(e)}") from None
         raise
     _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write(fileobj)`` on a temporary file beside ``path``, then as
+    :func:`atomic_write_path`."""
+
+    def write_to(tmp: Path) -> None:
+        # os.open with 0o666 (not mkstemp's 0o600) so the file gets the usual umask permissions
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+
+    atomic_write_path(path, write_to)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -394,22 +393,14 @@ def figure_to_array(fig: Figure, close: bool = True) -> np.ndarray:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, close: bool = True) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (parents created; written to a temporary file
-    then renamed, so a reader never sees a partial image). Closes it unless ``close=False``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """Write ``fig`` as a PNG at ``path`` atomically (:func:`hyperrl.fileio.atomic_write_path`:
+    a reader never sees a partial image). Closes it unless ``close=False``."""
+    from hyperrl.fileio import atomic_write_path
+
     try:
         if not isinstance(fig.canvas, FigureCanvasAgg):
             FigureCanvasAgg(fig)
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        return atomic_write_path(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
     finally:
         if close:
             close_figure(fig)
-    return path

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["gae", "ppo_loss", "Categorical", "DiagGaussian", "explained_variance"]
 
@@ -143,9 +142,3 @@ class DiagGaussian:
 
     def entropy(self) -> torch.Tensor:
         return (self.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).sum(-1)
-
-
-def kl_categorical(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) for logits [..., A] -> [...] (used in tests and adaptation regularisers)."""
-    lp, lq = F.log_softmax(p_logits, -1), F.log_softmax(q_logits, -1)
-    return (lp.exp() * (lp - lq)).sum(-1)

@@ -28,7 +28,7 @@ from hyperrl.checkpoint import CheckpointManager, git_commit, load_checkpoint
 from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_config, to_dict
 from hyperrl.errors import HyperrlError
-from hyperrl.evaluation import evaluate_values
+from hyperrl.episodes import HELDOUT_EVAL_SEED, evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
 from hyperrl.fileio import check_writable, fresh_run_dir, write_json
 from hyperrl.ppo import explained_variance, gae, ppo_loss
@@ -212,7 +212,7 @@ def train(
         all_values, all_means = [], []
         for split in SPLITS:
             stats = evaluate_values(agent, family, family.heldout_values(split), cfg.eval.episodes,
-                                    seed=10_000 + evals_done, device=device, dtype=dtype,
+                                    seed=HELDOUT_EVAL_SEED + evals_done, device=device, dtype=dtype,
                                     deterministic=cfg.eval.deterministic)
             result[split] = float(stats.mean.mean())
             writer.add_scalar(f"eval/{split}/return_mean", result[split], step)

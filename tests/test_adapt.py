@@ -26,7 +26,7 @@ from hyperrl.adapt import (AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudge
 from hyperrl.cli import main_guard
 from hyperrl.errors import HyperrlError
 from hyperrl.families import load_family
-from hyperrl.policy import HyperRun
+from hyperrl.hyperrun import HyperRun
 
 TINY = [
     "env.num_envs=32", "ppo.num_steps=32", "eval.episodes=1", "progress=false", "ppo.update_epochs=4",

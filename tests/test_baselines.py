@@ -13,12 +13,12 @@ import helpers
 import pytest
 import torch
 
-import hyperrl.api as api
+import hyperrl.runs as api
 from hyperrl.baselines import BaselineRun, main as baselines_main, select_variants
 from hyperrl.cli import main_guard
 from hyperrl.compare import aggregate, iqm, main as compare_main, stratified_bootstrap_ci
 from hyperrl.errors import HyperrlError
-from hyperrl.evaluation import evaluate_values
+from hyperrl.episodes import evaluate_values
 from hyperrl.families import load_family
 
 FAMILY = "cartpole-mass"

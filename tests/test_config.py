@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hyperrl import cli
-from hyperrl.cli import add_config_args, config_from_args, main_guard, make_parser, parse_device
+from hyperrl.cli import main_guard, make_parser, parse_device
 from hyperrl.config import (
     ConfigError,
     apply_overrides,
@@ -407,16 +407,6 @@ def test_parser_error_is_one_line_plus_hint(capsys):
     assert len(lines) == 2
     assert lines[0].startswith("error: argument --steps: invalid int value")
     assert lines[1] == "run 'hyperrl-train --help' for usage"
-
-
-def test_config_from_args(tmp_path):
-    p = _write(tmp_path, "seed: 3\n")
-    parser = make_parser("prog", "desc")
-    add_config_args(parser)
-    args = parser.parse_args(["--config", str(p), "--set", "ppo.epochs=9", "--set", "seed=4"])
-    cfg = config_from_args(TrainConfig, args)
-    assert cfg.seed == 4 and cfg.ppo.epochs == 9
-    assert config_from_args(TrainConfig, parser.parse_args([])) == TrainConfig()
 
 
 def test_parse_device(monkeypatch):

@@ -27,13 +27,15 @@ import pytest
 import torch
 
 import hyperrl
-from hyperrl import policy as policy_mod
+import hyperrl.runs
+from hyperrl import export as export_mod
 from hyperrl.checkpoint import CheckpointError
 from hyperrl.cli import main_guard
 from hyperrl.errors import HyperrlError
 from hyperrl.evaluate import main, run_evaluation
 from hyperrl.hypernet import functional_mlp
-from hyperrl.policy import GeneratedPolicy, HyperRun
+from hyperrl.hyperrun import HyperRun
+from hyperrl.policy import GeneratedPolicy
 from hyperrl.sim.cartpole import BatchedCartPole
 from hyperrl.sim.pendulum import BatchedPendulum
 
@@ -114,7 +116,7 @@ def test_gymnasium_initial_states_match_gymnasium(cls, env_id):
 # --------------------------------------------------------------------------------------
 def test_load_hyperrl_run(cartpole_run):
     run = hyperrl.load(cartpole_run)
-    assert isinstance(run, HyperRun) and isinstance(run, hyperrl.api.LoadedRun)
+    assert isinstance(run, HyperRun) and isinstance(run, hyperrl.runs.LoadedRun)
     assert run.method == "hyperrl" and run.family.name == "cartpole-mass"
     assert run.checkpoint_path.name == "best.pt" and run.info["env_steps"] == 2048
     assert not run.agent.training
@@ -382,7 +384,7 @@ def test_torchscript_export_matches_policy(cartpole_run, pendulum_run, tmp_path)
 def test_onnx_export(cartpole_run, pendulum_run, tmp_path, monkeypatch):
     policy = hyperrl.load(cartpole_run).policy([0.7])
     with monkeypatch.context() as m:
-        m.setattr(policy_mod, "_importable", lambda name: False)
+        m.setattr(export_mod, "_importable", lambda name: False)
         with pytest.raises(HyperrlError, match="'onnx' package"):
             policy.export_onnx(tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
@@ -420,22 +422,19 @@ class _OtherMethodRun:
         return self._inner.policy(values, device)
 
 
-def test_any_method_through_api_load(cartpole_run, tmp_path, capsys):
+def test_any_method_through_runs_load(cartpole_run, tmp_path, capsys, monkeypatch):
     run = tmp_path / "other"
     shutil.copytree(cartpole_run, run, ignore=shutil.ignore_patterns("eval"))
     (run / "run.json").write_text(json.dumps({"method": "other-test", "family": "cartpole-mass"}))
-    hyperrl.api.register_loader("other-test", _OtherMethodRun)
-    try:
-        evaluate_cli(capsys, run, "--split", "extrapolation", "--episodes", 1)
-        r = json.loads((run / "eval" / "heldout-extrapolation" / "results.json").read_text())
-        assert r["method"] == "other-test" and r["settings"]["step"] == 123
-        assert len(r["variants"]) == 9 and {v["split"] for v in r["variants"]} == {"extrapolation"}
-        before = tree_hash(run)
-        assert "--checkpoint" in expect_error(capsys, run, "--checkpoint", "latest")
-        assert "--name" in expect_error(capsys, run, "--name", "../escape")
-        assert tree_hash(run) == before
-    finally:
-        hyperrl.api._LOADERS.pop("other-test", None)
+    monkeypatch.setitem(hyperrl.runs.LOADERS, "other-test", "test_evaluate:_OtherMethodRun")
+    evaluate_cli(capsys, run, "--split", "extrapolation", "--episodes", 1)
+    r = json.loads((run / "eval" / "heldout-extrapolation" / "results.json").read_text())
+    assert r["method"] == "other-test" and r["settings"]["step"] == 123
+    assert len(r["variants"]) == 9 and {v["split"] for v in r["variants"]} == {"extrapolation"}
+    before = tree_hash(run)
+    assert "--checkpoint" in expect_error(capsys, run, "--checkpoint", "latest")
+    assert "--name" in expect_error(capsys, run, "--name", "../escape")
+    assert tree_hash(run) == before
 
 
 def test_parse_values_all_parameters_in_one_item():

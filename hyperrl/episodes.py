@@ -19,7 +19,9 @@ from hyperrl.agent import HyperAgent, act
 from hyperrl.families import Family
 from hyperrl.sim import BatchedSim, make_vec_env
 
-__all__ = ["EpisodeStats", "evaluate_values", "hyper_actor", "ActorFactory"]
+__all__ = ["HELDOUT_EVAL_SEED", "EpisodeStats", "evaluate_values", "hyper_actor", "ActorFactory"]
+
+HELDOUT_EVAL_SEED = 10_000  # held-out evaluation k of a run resets env i with seed HELDOUT_EVAL_SEED + k + i
 
 Actor = Callable[[torch.Tensor], torch.Tensor]  # obs [B, D] -> env action [B] or [B, A]
 ActorFactory = Callable[[torch.Tensor, torch.Tensor], Actor]  # (context [B, C], values [B, P]) -> actor
