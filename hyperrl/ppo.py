@@ -1,4 +1,6 @@
-"""Small, separately tested pieces of PPO: GAE, the clipped loss, action distributions.
+"""Small, separately tested pieces of PPO: GAE, the clipped loss, the update loop, action
+distributions. :func:`ppo_update` is the one PPO update: training and every PPO-based
+adaptation mode call it with their own minibatch loss.
 
 Conventions: rollout tensors are time-major ``[T, N]``. With same-step autoreset a step's
 successor is ``final_obs`` (the observation the step reached, before any reset), so the
@@ -10,11 +12,14 @@ that produced it. A time-limit truncation bootstraps from it; a termination does
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
-__all__ = ["gae", "ppo_loss", "Categorical", "DiagGaussian", "explained_variance"]
+__all__ = ["gae", "ppo_loss", "ppo_update", "LossOut", "NonFiniteUpdate", "Categorical", "DiagGaussian",
+           "explained_variance"]
 
 
 def gae(
@@ -90,6 +95,72 @@ def ppo_loss(
     ent = entropy.mean()
     loss = pg - ent_coef * ent + vf_coef * v_loss
     return LossOut(loss, pg, v_loss, ent, approx_kl, clipfrac)
+
+
+class NonFiniteUpdate(RuntimeError):
+    """A PPO update produced a non-finite loss, gradient or parameter (``epoch`` says when)."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"non-finite loss, gradient or parameters in epoch {epoch}")
+        self.epoch = epoch
+
+
+LOSS_STATS = tuple(f.name for f in fields(LossOut) if f.name != "loss")  # policy, value, entropy, ...
+
+
+def ppo_update(
+    minibatch_loss: Callable[[torch.Tensor], LossOut],
+    optimizer: torch.optim.Optimizer,
+    clip_groups: Sequence[Sequence[nn.Parameter]],
+    num_items: int,
+    minibatch_size: int,
+    epochs: int,
+    max_grad_norm: float,
+    target_kl: float | None,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """One PPO update: ``epochs`` passes over ``num_items`` items in shuffled minibatches of
+    ``minibatch_size``; ``minibatch_loss(indices)`` returns the :class:`LossOut` of those
+    items (what an item is, an env column or a sample, is the caller's). Each parameter
+    group's gradient norm is clipped to ``max_grad_norm`` separately, so a large value-loss
+    gradient cannot shrink the policy's step.
+
+    After each epoch (one host sync): a non-finite loss, gradient or parameter raises
+    :class:`NonFiniteUpdate`, and with ``target_kl`` the update stops once the epoch's mean
+    approx-KL exceeds it (early stopping as in Schulman et al.'s PPO implementations).
+    The shuffle draws from ``generator`` (torch's global RNG when None).
+
+    Returns every minibatch's statistics, ``{"policy": [M], "value": [M], ...}`` (tensors on
+    the device: reading them is the caller's sync).
+    """
+    stats: dict[str, list[torch.Tensor]] = {key: [] for key in LOSS_STATS}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    bad_grad = torch.zeros((), dtype=torch.bool, device=device)
+    for epoch in range(epochs):
+        if generator is None:
+            perm = torch.randperm(num_items, device=device)
+        else:
+            perm = torch.randperm(num_items, generator=generator, device=generator.device).to(device)
+        first = len(stats["policy"])
+        for mb in perm.split(minibatch_size):
+            lo = minibatch_loss(mb)
+            optimizer.zero_grad(set_to_none=True)
+            lo.loss.backward()
+            for group in clip_groups:
+                norm = torch.nn.utils.clip_grad_norm_(group, max_grad_norm)
+                bad_grad |= ~torch.isfinite(norm)
+            optimizer.step()
+            for key in stats:
+                stats[key].append(getattr(lo, key).detach())
+        losses = torch.stack(stats["policy"][first:] + stats["value"][first:])
+        finite = torch.isfinite(losses).all() & ~bad_grad
+        finite &= torch.stack([torch.isfinite(p).all() for p in params]).all()
+        if not bool(finite):
+            raise NonFiniteUpdate(epoch)
+        if target_kl is not None and float(torch.stack(stats["approx_kl"][first:]).mean()) > target_kl:
+            break
+    return {key: torch.stack(v) for key, v in stats.items()}
 
 
 class Categorical:

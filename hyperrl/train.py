@@ -3,9 +3,12 @@
     python -m hyperrl.train --env-family cartpole-mass [--config F] [--set ppo.lr=1e-3 ...]
         [--seed N] [--total-steps N] [--device auto|cpu|cuda] [--run-dir DIR] [--resume RUN_DIR]
 
-The PPO loop is :func:`train`, top to bottom (CleanRL's virtue); its pieces (GAE, loss,
-distributions, slot-wise weight application) live in ``ppo.py``/``agent.py`` and are
-tested alone.
+:func:`train` is the loop, read top to bottom (CleanRL's virtue): draw variants, collect a
+rollout, compute advantages, one PPO update, log, evaluate and checkpoint. Its pieces are
+separate and tested alone: :func:`collect_rollout`, :func:`advantages`,
+:func:`hyperrl.ppo.ppo_update` (the one PPO update, shared with adaptation) with
+:func:`minibatch_loss`, :func:`evaluate_heldout`, and the simulator's own
+``state_dict`` / ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,21 +26,24 @@ from torch.profiler import record_function
 
 from hyperrl import __version__
 from hyperrl.agent import HyperAgent, RolloutWeights, SlotRows, gather_slots
-from hyperrl.hypernet import functional_mlp
 from hyperrl.checkpoint import CheckpointManager, git_commit, load_checkpoint
 from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_arg
 from hyperrl.config import apply_overrides, config_docs, load_yaml_config, save_config, to_dict
+from hyperrl.episodes import HELDOUT_EVAL_SEED, EpisodeStats, evaluate_values
 from hyperrl.errors import HyperrlError
-from hyperrl.episodes import HELDOUT_EVAL_SEED, evaluate_values
 from hyperrl.families import SPLITS, Family, load_family
 from hyperrl.fileio import check_writable, fresh_run_dir, write_json
-from hyperrl.ppo import explained_variance, gae, ppo_loss
+from hyperrl.hypernet import functional_mlp
+from hyperrl.ppo import LossOut, NonFiniteUpdate, explained_variance, gae, ppo_loss, ppo_update
 from hyperrl.resources import builtin_dir
 from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
-from hyperrl.sim import BatchedSim, make_vec_env
-from hyperrl.train_config import TrainConfig
+from hyperrl.sim import BatchedSim, VecEnv, make_vec_env
+from hyperrl.train_config import EvalConfig, PPOConfig, TrainConfig
 
-__all__ = ["train", "main", "resolve_config", "builtin_configs_dir", "TrainingDiverged"]
+__all__ = ["train", "main", "resolve_config", "builtin_configs_dir", "TrainingDiverged", "Rollout",
+           "EpisodeTracker", "collect_rollout", "advantages", "minibatch_loss", "evaluate_heldout"]
+
+Sampler = Callable[[int, torch.Generator, torch.device, torch.dtype], torch.Tensor]  # -> [n, P] values
 
 
 class TrainingDiverged(HyperrlError):
@@ -69,10 +75,136 @@ def add_weight_histogram(writer: Any, tag: str, values: torch.Tensor, step: int,
                              bucket_counts=counts.tolist(), global_step=step)
 
 
-def _all_finite(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()
+# --------------------------------------------------------------------------------------------
+# Rollout
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Rollout:
+    """One rollout of ``T`` steps of ``N`` env columns, time-major, allocated once per run
+    and refilled (on the training device).
+
+    Each column visits up to ``K`` variants (slots): ``ctx_tab [N, K, C]`` holds their
+    contexts and ``slot [T, N]`` the slot that produced each step (see
+    ``EnvConfig.variant_slots``).
+    """
+
+    obs: torch.Tensor  # [T, N, D] s_t
+    final_obs: torch.Tensor  # [T, N, D] the observation step t reached (before any reset)
+    actions: torch.Tensor  # [T, N] long or [T, N, A]
+    logp: torch.Tensor  # [T, N] log-probability of the action under the rollout policy
+    rewards: torch.Tensor  # [T, N] scaled by ppo.reward_scale
+    terminated: torch.Tensor  # [T, N] bool
+    truncated: torch.Tensor  # [T, N] bool
+    slot: torch.Tensor  # [T, N] long
+    ctx_tab: torch.Tensor | None = None  # [N, K, C]
+    last_obs: torch.Tensor | None = None  # [N, D] s_T, the observation after the rollout
+    last_slot: torch.Tensor | None = None  # [N] its slot
+
+    @classmethod
+    def allocate(cls, t: int, n: int, obs_dim: int, agent: HyperAgent, dtype: torch.dtype,
+                 device: torch.device) -> "Rollout":
+        act_shape = () if agent.discrete else (agent.act_dim,)
+        obs = torch.zeros(t, n, obs_dim, dtype=dtype, device=device)
+        return cls(obs=obs, final_obs=torch.zeros_like(obs),
+                   actions=torch.zeros(t, n, *act_shape, dtype=torch.long if agent.discrete else dtype,
+                                       device=device),
+                   logp=torch.zeros(t, n, dtype=dtype, device=device),
+                   rewards=torch.zeros(t, n, dtype=dtype, device=device),
+                   terminated=torch.zeros(t, n, dtype=torch.bool, device=device),
+                   truncated=torch.zeros(t, n, dtype=torch.bool, device=device),
+                   slot=torch.zeros(t, n, dtype=torch.long, device=device))
 
 
+@dataclass
+class EpisodeTracker:
+    """Each env's running episode return and length (carried across rollouts and
+    checkpoints), and the episodes that finished in the current rollout (on the device:
+    reading them is one host sync per update, in :meth:`finished_means`)."""
+
+    ret: torch.Tensor  # [N] float64
+    length: torch.Tensor  # [N] long
+    ret_sum: torch.Tensor = field(init=False)
+    len_sum: torch.Tensor = field(init=False)
+    count: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start_rollout()
+
+    @classmethod
+    def zeros(cls, n: int, device: torch.device) -> "EpisodeTracker":
+        return cls(torch.zeros(n, dtype=torch.float64, device=device), torch.zeros(n, dtype=torch.long, device=device))
+
+    def start_rollout(self) -> None:
+        dev = self.ret.device
+        self.ret_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        self.len_sum = torch.zeros((), dtype=torch.long, device=dev)
+        self.count = torch.zeros((), dtype=torch.long, device=dev)
+
+    def step(self, reward: torch.Tensor, done: torch.Tensor) -> None:
+        """reward [N] (unscaled), done [N] bool: the step that just happened."""
+        self.ret += reward.to(torch.float64)
+        self.length += 1
+        self.ret_sum += (self.ret * done).sum()
+        self.len_sum += (self.length * done).sum()
+        self.count += done.sum()
+        self.ret.masked_fill_(done, 0.0)
+        self.length.masked_fill_(done, 0)
+
+    def finished_means(self) -> tuple[float, float] | None:
+        """(mean return, mean length) of the episodes finished in this rollout; None if none."""
+        cnt = int(self.count)
+        return None if cnt == 0 else (float(self.ret_sum) / cnt, float(self.len_sum) / cnt)
+
+
+def draw_slots(env: VecEnv, family: Family, sample: Sampler, num_slots: int, generator: torch.Generator,
+               device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The variant slots of one rollout -> (values [N, K, P], contexts [N, K, C]).
+
+    Slot 0 is each env's current variant (its episode continues); slots 1..K-1 are fresh
+    draws it moves to as its episodes end."""
+    n, k = env.num_envs, num_slots
+    params_tab = torch.cat([env.params.unsqueeze(1), sample(n * (k - 1), generator, device, dtype).view(n, k - 1, -1)], 1)
+    return params_tab, family.context(params_tab).to(dtype)
+
+
+@torch.no_grad()
+def collect_rollout(env: VecEnv, agent: HyperAgent, rollout: Rollout, obs: torch.Tensor,
+                    params_tab: torch.Tensor, ctx_tab: torch.Tensor, weights: RolloutWeights,
+                    generator: torch.Generator, episodes: EpisodeTracker, reward_scale: float,
+                    branch_free: bool) -> torch.Tensor:
+    """Fill ``rollout`` with ``T`` steps of the N variants from ``obs``; returns the last
+    observation. No host transfer: actions are sampled with ``generator`` on the device,
+    and a column whose episode ends moves to its next slot's variant (``env.next_params``)
+    and weights (``weights.advance``, branch-free on accelerators)."""
+    n, k = params_tab.shape[:2]
+    cols = torch.arange(n, device=obs.device)
+    slot = torch.zeros(n, dtype=torch.long, device=obs.device)
+    env.next_params = params_tab[:, 1]
+    rollout.ctx_tab = ctx_tab
+    episodes.start_rollout()
+    for t in range(rollout.obs.shape[0]):
+        rollout.obs[t], rollout.slot[t] = obs, slot
+        w_now = weights.current  # each env's slot weights, [N, ...]
+        dist = agent.policy_head(w_now, functional_mlp(w_now, obs, agent.cfg.activation))
+        action = dist.sample(generator)
+        rollout.logp[t] = dist.log_prob(action)
+        rollout.actions[t] = action
+        out = env.step(agent.env_action(action))
+        rollout.rewards[t], rollout.terminated[t], rollout.truncated[t], rollout.final_obs[t] = (
+            out.reward * reward_scale, out.terminated, out.truncated, out.final_obs)
+        done = out.terminated | out.truncated
+        episodes.step(out.reward, done)
+        slot = torch.where(done, (slot + 1).clamp(max=k - 1), slot)
+        weights.advance(done, slot, branch_free=branch_free)
+        env.next_params = params_tab[cols, (slot + 1).clamp(max=k - 1)]
+        obs = out.obs
+    rollout.last_obs, rollout.last_slot = obs, slot
+    return obs
+
+
+# --------------------------------------------------------------------------------------------
+# Advantages and the minibatch loss
+# --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def critic_values(
     agent: HyperAgent,
@@ -110,13 +242,164 @@ def critic_values(
     return values, next_values, ctx_ext[:-1]
 
 
+@dataclass
+class Targets:
+    """What the update fits, per step ``[T, N]``: advantages, returns, the rollout's values
+    V(s_t) and each step's context."""
+
+    adv: torch.Tensor
+    returns: torch.Tensor
+    values: torch.Tensor
+    ctx: torch.Tensor  # [T, N, C]
+
+
+def advantages(agent: HyperAgent, rollout: Rollout, gamma: float, lam: float,
+               slot_rows=SlotRows.used_slots) -> Targets:
+    """V(s_t) and V(successor) under the variant that produced step t, then GAE
+    (truncation bootstraps from V(final_obs_t), termination does not)."""
+    values, next_values, ctx = critic_values(agent, rollout.ctx_tab, rollout.obs, rollout.slot, rollout.final_obs,
+                                             rollout.truncated, rollout.last_obs, rollout.last_slot, slot_rows)
+    adv, returns = gae(rollout.rewards, values, next_values, rollout.terminated, rollout.truncated, gamma, lam)
+    return Targets(adv, returns, values, ctx)
+
+
+def minibatch_loss(agent: HyperAgent, rollout: Rollout, targets: Targets, ppo: PPOConfig,
+                   slot_rows=SlotRows.used_slots) -> Callable[[torch.Tensor], LossOut]:
+    """``loss(columns)``: the PPO loss of a minibatch of env columns (all their T steps).
+    Each visited (column, slot) variant's weights are generated once per minibatch and
+    applied to all its steps."""
+    tm = lambda x: x.transpose(0, 1).contiguous()  # noqa: E731  [T, N, ...] -> [N, T, ...]
+    # env-major copies, made once per update: a minibatch of columns is then a contiguous
+    # row gather instead of a strided one per tensor
+    obs, slot, act, ctx = tm(rollout.obs), tm(rollout.slot), tm(rollout.actions), tm(targets.ctx)
+    logp, adv, values, returns = tm(rollout.logp), tm(targets.adv), tm(targets.values), tm(targets.returns)
+    ctx_tab, k = rollout.ctx_tab, rollout.ctx_tab.shape[1]
+
+    def loss(mb: torch.Tensor) -> LossOut:
+        o = obs[mb]  # [M, T, D]
+        rows = slot_rows(slot[mb], k)
+        ctx_rows = ctx_tab[mb[rows.col], rows.slot]  # [R, C]
+        dist = agent.dist_rows(agent.policy_weights(ctx_rows), o, rows)
+        new_v = agent.value(o, ctx[mb], rows, agent.critic_weights(ctx_rows))
+        return ppo_loss(dist.log_prob(act[mb]).reshape(-1), logp[mb].reshape(-1), adv[mb].reshape(-1),
+                        new_v.reshape(-1), values[mb].reshape(-1), returns[mb].reshape(-1),
+                        dist.entropy().reshape(-1), ppo.clip_coef, ppo.vf_coef, ppo.ent_coef,
+                        ppo.clip_vloss, ppo.norm_adv)
+
+    return loss
+
+
+# --------------------------------------------------------------------------------------------
+# Held-out evaluation
+# --------------------------------------------------------------------------------------------
+def evaluate_heldout(agent: HyperAgent, family: Family, eval_cfg: EvalConfig, round_index: int,
+                     device: torch.device, dtype: torch.dtype) -> dict[str, EpisodeStats]:
+    """Zero-shot returns on the family's held-out splits; evaluation ``round_index`` of a run
+    resets env i with seed ``HELDOUT_EVAL_SEED + round_index + i``."""
+    agent.eval()
+    try:
+        return {split: evaluate_values(agent, family, family.heldout_values(split), eval_cfg.episodes,
+                                       seed=HELDOUT_EVAL_SEED + round_index, device=device, dtype=dtype,
+                                       deterministic=eval_cfg.deterministic)
+                for split in SPLITS}
+    finally:
+        agent.train()
+
+
+def log_heldout(writer: Any, family: Family, agent: HyperAgent, stats: dict[str, EpisodeStats], step: int,
+                histograms: bool) -> dict[str, float]:
+    """TensorBoard ``eval/<split>/...`` scalars, the return-vs-parameter picture and (with
+    ``histograms``) the generated weights' histograms; returns the split means."""
+    from hyperrl.plots import figure_to_array, return_vs_param_figure
+
+    result: dict[str, float] = {}
+    for split, st in stats.items():
+        result[split] = float(st.mean.mean())
+        writer.add_scalar(f"eval/{split}/return_mean", result[split], step)
+        writer.add_scalar(f"eval/{split}/return_min", float(st.mean.min()), step)
+        if family.success_return is not None:
+            success = float((st.returns >= family.success_return).double().mean())
+            writer.add_scalar(f"eval/{split}/success_rate", success, step)
+    values = torch.cat([st.values for st in stats.values()])
+    means = torch.cat([st.mean for st in stats.values()])
+    fig = return_vs_param_figure(family, values, means, None, title=f"zero-shot return, step {step}",
+                                 threshold=family.success_return)
+    writer.add_image("eval/return_vs_param", figure_to_array(fig), step, dataformats="HWC")
+    if histograms:
+        param = next(agent.parameters())
+        with torch.no_grad():
+            w = agent.policy_weights(family.context(values).to(param.device, param.dtype))
+        for key, tensor in w.items():
+            add_weight_histogram(writer, f"charts/generated_weights/{key}", tensor, step)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Progress and checkpoints
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Where a run is: what a checkpoint's ``extra`` carries besides the episodes and the
+    simulator (key names are the checkpoint format's)."""
+
+    update: int = 0
+    best_score: float = -math.inf
+    evals_done: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0  # wall-clock seconds of earlier sessions of this run (resume)
+    time_to_target: float | None = None
+    steps_to_target: int | None = None
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any]) -> "Progress":
+        return cls(update=extra["update"], best_score=extra["best_score"], evals_done=extra["evals_done"],
+                   history=extra["history"], elapsed=extra["elapsed"], time_to_target=extra.get("time_to_target"),
+                   steps_to_target=extra.get("steps_to_target"))
+
+    def record_eval(self, step: int, elapsed: float, result: dict[str, float], target: float | None) -> float:
+        """Append an evaluation to the history, note when the target was first reached;
+        returns its score (the mean of the two held-out means)."""
+        self.evals_done += 1
+        self.history.append({"step": step, "time_s": elapsed, **result})
+        if self.time_to_target is None and target is not None and min(result.values()) >= target:
+            self.time_to_target, self.steps_to_target = elapsed, step
+        return 0.5 * (result["interpolation"] + result["extrapolation"])
+
+
+def checkpoint_payload(cfg: TrainConfig, family: Family, agent: HyperAgent, optimizer: torch.optim.Optimizer,
+                       env: VecEnv, generators: dict[str, torch.Generator], progress: Progress,
+                       episodes: EpisodeTracker, step: int, elapsed: float, commit: str | None) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly (``load_checkpoint`` reads it)."""
+    extra: dict[str, Any] = {**asdict(progress), "elapsed": elapsed,
+                             "ep_ret": episodes.ret.cpu(), "ep_len": episodes.length.cpu()}
+    if isinstance(env, BatchedSim):  # gymnasium envs cannot be snapshotted
+        extra["env"] = env.state_dict()
+    return {
+        "hypernet": agent.state_dict(),
+        "critic": (agent.critic or agent.critic_hyper).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
+        "step": step,
+        "version": __version__,
+        "git_commit": commit,
+        "config": to_dict(cfg),
+        "family": family.name,
+        "obs_dim": env.obs_dim,
+        "extra": extra,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
 def train(
     cfg: TrainConfig,
     family: Family,
     run_dir: Path,
     resume: dict[str, Any] | None = None,
     init: dict[str, Any] | None = None,
-    sample: Callable[[int, torch.Generator, torch.device, torch.dtype], torch.Tensor] | None = None,
+    sample: Sampler | None = None,
 ) -> dict[str, Any]:
     """Run PPO on ``family`` with ``cfg``, writing TensorBoard events, checkpoints and
     ``metrics.json`` into ``run_dir``. ``resume`` is a loaded 'latest' checkpoint.
@@ -128,312 +411,161 @@ def train(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
-    from hyperrl.plots import figure_to_array, return_vs_param_figure
-
     t_start = time.perf_counter()
     device = parse_device(cfg.device)
     dtype = _dtype(cfg.dtype)
     seed_everything(cfg.seed)
     n, k, t_len = cfg.env.num_envs, cfg.env.variant_slots, cfg.ppo.num_steps
-    batch = n * t_len
-    num_updates = cfg.num_updates
-    mb_cols = max(1, n // cfg.ppo.num_minibatches)
+    batch, num_updates = n * t_len, cfg.num_updates
 
-    # ---- environments, variants, agent --------------------------------------------------
+    # ---- environments, agent, optimiser --------------------------------------------------
     # Explicit generators (design rule 9): parameter draws and policy sampling have their own
     # streams, so changing one (e.g. eval settings) never shifts the other.
     sample = sample or family.sample
-    param_gen = make_generator(cfg.seed, device)
-    action_gen = make_generator(cfg.seed + 1, device)
+    generators = {"params": make_generator(cfg.seed, device), "actions": make_generator(cfg.seed + 1, device)}
     env = make_vec_env(family, n, device=device, dtype=dtype, seed=cfg.seed, backend=cfg.env.backend)
     agent = HyperAgent(env.obs_dim, env.single_action_space, family.context_dim, cfg.model).to(device, dtype)
     # fused Adam: one kernel for all parameters (~2x cheaper step on CPU and CUDA)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=True)
-    ckpt = CheckpointManager(run_dir)
     clip_groups = ([agent.actor_parameters(), agent.critic_parameters()] if cfg.ppo.clip_separately
                    else [list(agent.parameters())])
+    # Update rows: on CPU only the visited (column, slot) pairs (compute is the cost; the
+    # host sync is free); on an accelerator every pair (no sync; spare compute is cheap).
+    sync_free = device.type != "cpu" if cfg.env.sync_free == "auto" else cfg.env.sync_free == "on"
+    slot_rows = SlotRows.all_slots if sync_free else SlotRows.used_slots
+    ckpt = CheckpointManager(run_dir)
+    # Looked up once, at the start: the code running is the code loaded then (a checkout
+    # during the run would otherwise be recorded), and no `git` subprocess per checkpoint.
+    commit = git_commit()
 
-    global_step, update0, best_score, evals_done = 0, 0, -math.inf, 0
-    history: list[dict[str, Any]] = []
-    time_to_target: float | None = None
-    steps_to_target: int | None = None
-    elapsed_before = 0.0
-    obs = env.reset(params=sample(n, param_gen, device, dtype), seed=cfg.seed)
+    progress, step = Progress(), 0
+    episodes = EpisodeTracker.zeros(n, device)
+    obs = env.reset(params=sample(n, generators["params"], device, dtype), seed=cfg.seed)
     if init is not None:
         agent.load_state_dict(init["hypernet"])
     if resume is not None:
         agent.load_state_dict(resume["hypernet"])
         optimizer.load_state_dict(resume["optimizer"])
         set_rng_state(resume["rng"])
-        restore_generators({"params": param_gen, "actions": action_gen}, resume["generators"])
-        st = resume["extra"]
-        global_step, update0, best_score = resume["step"], st["update"], st["best_score"]
-        evals_done, history, elapsed_before = st["evals_done"], st["history"], st["elapsed"]
-        time_to_target, steps_to_target = st.get("time_to_target"), st.get("steps_to_target")
-        if isinstance(env, BatchedSim) and "env" in st:  # continue the very same episodes
-            es = st["env"]
-            env.state, env.elapsed = es["state"].to(device, dtype), es["elapsed"].to(device)
-            env.params, env.next_params = es["params"].to(device, dtype), es["next_params"].to(device, dtype)
-            env.generator.set_state(es["generator"].cpu())
-            obs = env.observe(env.state)
+        restore_generators(generators, resume["generators"])
+        step, progress = resume["step"], Progress.from_extra(resume["extra"])
+        if "ep_ret" in resume["extra"]:
+            episodes = EpisodeTracker(resume["extra"]["ep_ret"].to(device), resume["extra"]["ep_len"].to(device))
+        if isinstance(env, BatchedSim) and "env" in resume["extra"]:  # continue the very same episodes
+            obs = env.load_state_dict(resume["extra"]["env"])
         else:  # generic backend: gymnasium envs cannot be snapshotted; start fresh episodes
-            obs = env.reset(params=sample(n, param_gen, device, dtype), seed=cfg.seed + update0)
+            obs = env.reset(params=sample(n, generators["params"], device, dtype), seed=cfg.seed + progress.update)
+    rollout = Rollout.allocate(t_len, n, env.obs_dim, agent, dtype, device)
+
+    def elapsed() -> float:
+        return progress.elapsed + time.perf_counter() - t_start
+
+    def payload(at_step: int) -> dict[str, Any]:
+        return checkpoint_payload(cfg, family, agent, optimizer, env, generators, progress, episodes, at_step,
+                                  elapsed(), commit)
 
     # purge_step: a resumed run overwrites any events logged after its checkpoint.
-    writer = SummaryWriter(str(run_dir), purge_step=global_step if resume is not None else None)
-    ep_ret = torch.zeros(n, dtype=torch.float64, device=device)
-    ep_len = torch.zeros(n, dtype=torch.long, device=device)
-    if resume is not None and "ep_ret" in resume["extra"]:
-        ep_ret = resume["extra"]["ep_ret"].to(device)
-        ep_len = resume["extra"]["ep_len"].to(device)
-
-    # Rollout storage, time-major [T, N, ...], on the device for the whole run.
-    obs_buf = torch.zeros(t_len, n, env.obs_dim, dtype=dtype, device=device)
-    final_obs_buf = torch.zeros_like(obs_buf)
-    act_shape = () if agent.discrete else (agent.act_dim,)
-    act_buf = torch.zeros(t_len, n, *act_shape, dtype=torch.long if agent.discrete else dtype, device=device)
-    logp_buf = torch.zeros(t_len, n, dtype=dtype, device=device)
-    rew_buf = torch.zeros(t_len, n, dtype=dtype, device=device)
-    term_buf = torch.zeros(t_len, n, dtype=torch.bool, device=device)
-    trunc_buf = torch.zeros(t_len, n, dtype=torch.bool, device=device)
-    slot_buf = torch.zeros(t_len, n, dtype=torch.long, device=device)
-    cols = torch.arange(n, device=device)
-    # Update rows: on CPU only the visited (column, slot) pairs (compute is the cost; the
-    # host sync is free); on an accelerator every pair (no sync; spare compute is cheap).
-    sync_free = device.type != "cpu" if cfg.env.sync_free == "auto" else cfg.env.sync_free == "on"
-    slot_rows = SlotRows.all_slots if sync_free else SlotRows.used_slots
-
-    def run_eval(step: int) -> dict[str, float]:
-        """Zero-shot evaluation on the held-out splits: scalars, a picture, a checkpoint."""
-        nonlocal best_score, evals_done, time_to_target, steps_to_target, eval_seconds
-        t_eval = time.perf_counter()
-        agent.eval()
-        result: dict[str, float] = {}
-        all_values, all_means = [], []
-        for split in SPLITS:
-            stats = evaluate_values(agent, family, family.heldout_values(split), cfg.eval.episodes,
-                                    seed=HELDOUT_EVAL_SEED + evals_done, device=device, dtype=dtype,
-                                    deterministic=cfg.eval.deterministic)
-            result[split] = float(stats.mean.mean())
-            writer.add_scalar(f"eval/{split}/return_mean", result[split], step)
-            writer.add_scalar(f"eval/{split}/return_min", float(stats.mean.min()), step)
-            if family.success_return is not None:
-                success = float((stats.returns >= family.success_return).double().mean())
-                writer.add_scalar(f"eval/{split}/success_rate", success, step)
-            all_values.append(stats.values)
-            all_means.append(stats.mean)
-        values, means = torch.cat(all_values), torch.cat(all_means)
-        fig = return_vs_param_figure(family, values, means, None, title=f"zero-shot return, step {step}",
-                                     threshold=family.success_return)
-        writer.add_image("eval/return_vs_param", figure_to_array(fig), step, dataformats="HWC")
-        if cfg.histogram_interval_evals and evals_done % cfg.histogram_interval_evals == 0:
-            with torch.no_grad():
-                w = agent.policy_weights(family.context(values).to(device, dtype))
-            for key, tensor in w.items():
-                add_weight_histogram(writer, f"charts/generated_weights/{key}", tensor, step)
-        evals_done += 1
-        agent.train()
-        score = 0.5 * (result["interpolation"] + result["extrapolation"])
-        elapsed = elapsed_before + time.perf_counter() - t_start
-        history.append({"step": step, "time_s": elapsed, **result})
-        target = cfg.stop_at_return if cfg.stop_at_return is not None else family.success_return
-        if time_to_target is None and target is not None and min(result.values()) >= target:
-            time_to_target, steps_to_target = elapsed, step
-        if score > best_score:
-            best_score = score
-            ckpt.save_best(payload(step, update), score)
-        eval_seconds += time.perf_counter() - t_eval
-        return result
-
-    # Looked up once, at the start: the code running is the code loaded then (a checkout
-    # during the run would otherwise be recorded), and no `git` subprocess per checkpoint.
-    commit = git_commit()
-
-    def payload(step: int, upd: int) -> dict[str, Any]:
-        extra: dict[str, Any] = {
-            "update": upd, "best_score": best_score, "evals_done": evals_done, "history": history,
-            "elapsed": elapsed_before + time.perf_counter() - t_start,
-            "time_to_target": time_to_target, "steps_to_target": steps_to_target,
-            "ep_ret": ep_ret.cpu(), "ep_len": ep_len.cpu(),
-        }
-        if isinstance(env, BatchedSim):
-            extra["env"] = {"state": env.state.cpu(), "elapsed": env.elapsed.cpu(), "params": env.params.cpu(),
-                            "next_params": env.next_params.cpu(), "generator": env.generator.get_state()}
-        return {
-            "hypernet": agent.state_dict(),
-            "critic": (agent.critic or agent.critic_hyper).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "generators": {"params": param_gen.get_state(), "actions": action_gen.get_state()},
-            "step": step,
-            "version": __version__,
-            "git_commit": commit,
-            "config": to_dict(cfg),
-            "family": family.name,
-            "obs_dim": env.obs_dim,
-            "extra": extra,
-        }
-
-    # ---- the loop ---------------------------------------------------------------------------
-    bar = tqdm(total=cfg.total_steps, initial=min(global_step, cfg.total_steps), unit="step",
+    writer = SummaryWriter(str(run_dir), purge_step=step if resume is not None else None)
+    bar = tqdm(total=cfg.total_steps, initial=min(step, cfg.total_steps), unit="step",
                unit_scale=True, dynamic_ncols=True, disable=not cfg.progress, file=sys.stderr)
-    next_eval = (global_step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
-    next_ckpt = global_step + cfg.checkpoint_interval_steps
-    recent_return = float("nan")
-    last_eval: dict[str, float] = {}
-    update = update0
-    stopped_early = False
-    t_loop = time.perf_counter()
-    steps_at_loop = global_step
-    eval_seconds = 0.0  # excluded from the training throughput
+    next_eval = (step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
+    next_ckpt = step + cfg.checkpoint_interval_steps
+    target = cfg.stop_at_return if cfg.stop_at_return is not None else family.success_return
+    recent_return, last_eval, stopped_early = float("nan"), {}, False
+    t_loop, steps_at_loop, eval_seconds = time.perf_counter(), step, 0.0  # evaluation is excluded from steps/s
     try:
-        while update < num_updates:
-            update += 1
+        while progress.update < num_updates:
+            progress.update += 1
             if cfg.ppo.anneal_lr:
-                optimizer.param_groups[0]["lr"] = cfg.ppo.lr * (1.0 - (update - 1) / num_updates)
+                optimizer.param_groups[0]["lr"] = cfg.ppo.lr * (1.0 - (progress.update - 1) / num_updates)
 
-            # Variant slots for this rollout: slot 0 is each env's current variant (its episode
-            # continues), slots 1..K-1 are fresh draws it moves to as its episodes end.
-            params_tab = torch.cat([env.params.unsqueeze(1),
-                                    sample(n * (k - 1), param_gen, device, dtype).view(n, k - 1, -1)], 1)
-            ctx_tab = family.context(params_tab).to(dtype)  # [N, K, C]
-            slot = torch.zeros(n, dtype=torch.long, device=device)
-            env.next_params = params_tab[:, 1]
+            # -- variants and their generated weights, once per rollout --
+            params_tab, ctx_tab = draw_slots(env, family, sample, k, generators["params"], device, dtype)
             with torch.no_grad():
                 weights = agent.policy_weights(ctx_tab.view(n * k, -1))  # each [N*K, ...]
-                if not bool(_all_finite(weights)):
-                    raise TrainingDiverged(f"non-finite generated weights at step {global_step}; "
-                                           f"the last good checkpoint is in {ckpt.latest_path}")
-                rollout_w = RolloutWeights(weights, n, k)
+            if not bool(torch.stack([torch.isfinite(w).all() for w in weights.values()]).all()):
+                raise TrainingDiverged(f"non-finite generated weights at step {step}; "
+                                       f"the last good checkpoint is in {ckpt.latest_path}")
 
             # -- rollout: T steps of N variants, no host transfer --
             with record_function("hyperrl/rollout"):
-                ret_sum = torch.zeros((), dtype=torch.float64, device=device)
-                ret_cnt = torch.zeros((), dtype=torch.long, device=device)
-                len_sum = torch.zeros((), dtype=torch.long, device=device)
-                for t in range(t_len):
-                    obs_buf[t], slot_buf[t] = obs, slot
-                    with torch.no_grad():
-                        w_now = rollout_w.current  # each env's slot weights, [N, ...]
-                        dist = agent.policy_head(w_now, functional_mlp(w_now, obs, cfg.model.activation))
-                        action = dist.sample(action_gen)
-                        logp_buf[t] = dist.log_prob(action)
-                    act_buf[t] = action
-                    out = env.step(agent.env_action(action))
-                    rew_buf[t], term_buf[t], trunc_buf[t], final_obs_buf[t] = (
-                        out.reward * cfg.ppo.reward_scale, out.terminated, out.truncated, out.final_obs)
-                    done = out.terminated | out.truncated
-                    ep_ret += out.reward.to(torch.float64)
-                    ep_len += 1
-                    ret_sum += (ep_ret * done).sum()
-                    len_sum += (ep_len * done).sum()
-                    ret_cnt += done.sum()
-                    ep_ret.masked_fill_(done, 0.0)
-                    ep_len.masked_fill_(done, 0)
-                    slot = torch.where(done, (slot + 1).clamp(max=k - 1), slot)
-                    rollout_w.advance(done, slot, branch_free=sync_free)
-                    env.next_params = params_tab[cols, (slot + 1).clamp(max=k - 1)]
-                    obs = out.obs
-                global_step += batch
+                obs = collect_rollout(env, agent, rollout, obs, params_tab, ctx_tab, RolloutWeights(weights, n, k),
+                                      generators["actions"], episodes, cfg.ppo.reward_scale, sync_free)
+            step += batch
 
-            # -- advantages: V(s_t) and V(successor) under the variant that produced step t
-            #    (truncation bootstraps from V(final_obs_t), termination does not) --
+            # -- advantages, then one PPO update over minibatches of env columns --
             with record_function("hyperrl/advantages"):
-                values, next_values, ctx_buf = critic_values(agent, ctx_tab, obs_buf, slot_buf, final_obs_buf,
-                                                             trunc_buf, obs, slot, slot_rows)
-                tm = lambda x: x.transpose(0, 1)  # noqa: E731  [T, N, ...] <-> [N, T, ...]
-                adv, returns = gae(rew_buf, values, next_values, term_buf, trunc_buf, cfg.ppo.gamma, cfg.ppo.gae_lambda)
-
-            # -- update: minibatches of env columns; each visited (column, slot) variant's weights
-            #    are generated once per minibatch and applied to all its steps --
+                targets = advantages(agent, rollout, cfg.ppo.gamma, cfg.ppo.gae_lambda, slot_rows)
             with record_function("hyperrl/update"):
-                stats: dict[str, list[torch.Tensor]] = {k_: [] for k_ in
-                                                        ("policy", "value", "entropy", "approx_kl", "clipfrac")}
-                bad_grad = torch.zeros((), dtype=torch.bool, device=device)
-                # env-major [N, T, ...] copies, made once per update: a minibatch of columns is
-                # then a contiguous row gather instead of a strided one per tensor
-                nm = {key: tm(x).contiguous() for key, x in (("obs", obs_buf), ("slot", slot_buf), ("act", act_buf),
-                      ("ctx", ctx_buf), ("logp", logp_buf), ("adv", adv), ("values", values), ("returns", returns))}
-                for epoch in range(cfg.ppo.update_epochs):
-                    perm = torch.randperm(n, device=device)
-                    for mb in perm.split(mb_cols):
-                        o = nm["obs"][mb]  # [M, T, D]
-                        rows = slot_rows(nm["slot"][mb], k)
-                        ctx_rows = ctx_tab[mb[rows.col], rows.slot]  # [R, C]
-                        dist = agent.dist_rows(agent.policy_weights(ctx_rows), o, rows)
-                        new_logp = dist.log_prob(nm["act"][mb])
-                        new_v = agent.value(o, nm["ctx"][mb], rows, agent.critic_weights(ctx_rows))
-                        lo = ppo_loss(new_logp.reshape(-1), nm["logp"][mb].reshape(-1), nm["adv"][mb].reshape(-1),
-                                      new_v.reshape(-1), nm["values"][mb].reshape(-1), nm["returns"][mb].reshape(-1),
-                                      dist.entropy().reshape(-1), cfg.ppo.clip_coef, cfg.ppo.vf_coef, cfg.ppo.ent_coef,
-                                      cfg.ppo.clip_vloss, cfg.ppo.norm_adv)
-                        optimizer.zero_grad(set_to_none=True)
-                        lo.loss.backward()
-                        for group in clip_groups:
-                            norm = torch.nn.utils.clip_grad_norm_(group, cfg.ppo.max_grad_norm)
-                            bad_grad |= ~torch.isfinite(norm)  # checked once per epoch (no per-step sync)
-                        optimizer.step()
-                        for key in stats:
-                            stats[key].append(getattr(lo, key).detach())
-                    finite = torch.isfinite(torch.stack(stats["policy"] + stats["value"])).all() & ~bad_grad
-                    if not bool(finite) or not bool(_all_finite(dict(agent.named_parameters()))):
-                        raise TrainingDiverged(f"non-finite loss, gradient or weights at step {global_step} (update "
-                                               f"{update}); stopped; the last good checkpoint is {ckpt.latest_path}")
-                    if cfg.ppo.target_kl is not None and float(stats["approx_kl"][-1]) > cfg.ppo.target_kl:
-                        break
+                try:
+                    stats = ppo_update(minibatch_loss(agent, rollout, targets, cfg.ppo, slot_rows), optimizer,
+                                       clip_groups, n, max(1, n // cfg.ppo.num_minibatches), cfg.ppo.update_epochs,
+                                       cfg.ppo.max_grad_norm, cfg.ppo.target_kl, device)
+                except NonFiniteUpdate as e:
+                    raise TrainingDiverged(f"non-finite loss, gradient or weights at step {step} (update "
+                                           f"{progress.update}, epoch {e.epoch}); stopped; the last good "
+                                           f"checkpoint is {ckpt.latest_path}") from None
 
             # -- logging: one host sync per update --
-            means = {key: float(torch.stack(v).mean()) for key, v in stats.items()}
-            for key, v in means.items():
-                writer.add_scalar(f"losses/{key}", v, global_step)
-            writer.add_scalar("losses/explained_variance", explained_variance(values.flatten(), returns.flatten()),
-                              global_step)
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            cnt = int(ret_cnt)
-            if cnt:
-                recent_return = float(ret_sum) / cnt
-                writer.add_scalar("charts/episode_return", recent_return, global_step)
-                writer.add_scalar("charts/episode_length", float(len_sum) / cnt, global_step)
-            sps = (global_step - steps_at_loop) / max(time.perf_counter() - t_loop - eval_seconds, 1e-9)
-            writer.add_scalar("charts/steps_per_second", sps, global_step)
-            bar.update(min(global_step, cfg.total_steps) - bar.n)
+            for key, v in stats.items():
+                writer.add_scalar(f"losses/{key}", float(v.mean()), step)
+            writer.add_scalar("losses/explained_variance",
+                              explained_variance(targets.values.flatten(), targets.returns.flatten()), step)
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
+            finished = episodes.finished_means()
+            if finished is not None:
+                recent_return = finished[0]
+                writer.add_scalar("charts/episode_return", finished[0], step)
+                writer.add_scalar("charts/episode_length", finished[1], step)
+            sps = (step - steps_at_loop) / max(time.perf_counter() - t_loop - eval_seconds, 1e-9)
+            writer.add_scalar("charts/steps_per_second", sps, step)
+            bar.update(min(step, cfg.total_steps) - bar.n)
             bar.set_postfix_str(f"{sps:,.0f} steps/s, return {recent_return:.1f}", refresh=False)
 
-            if global_step >= next_eval or update == num_updates:
-                last_eval = run_eval(global_step)
-                next_eval = (global_step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
-                ckpt.save_latest(payload(global_step, update))
-                next_ckpt = global_step + cfg.checkpoint_interval_steps
-                tqdm.write(f"step {global_step:>10,}  eval interpolation {last_eval['interpolation']:8.1f}  "
+            # -- zero-shot evaluation on the held-out sets, checkpoints --
+            if step >= next_eval or progress.update == num_updates:
+                t_eval = time.perf_counter()
+                heldout = evaluate_heldout(agent, family, cfg.eval, progress.evals_done, device, dtype)
+                histograms = bool(cfg.histogram_interval_evals) and progress.evals_done % cfg.histogram_interval_evals == 0
+                last_eval = log_heldout(writer, family, agent, heldout, step, histograms)
+                score = progress.record_eval(step, elapsed(), last_eval, target)
+                if score > progress.best_score:
+                    progress.best_score = score
+                    ckpt.save_best(payload(step), score)
+                eval_seconds += time.perf_counter() - t_eval
+                next_eval = (step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
+                ckpt.save_latest(payload(step))
+                next_ckpt = step + cfg.checkpoint_interval_steps
+                tqdm.write(f"step {step:>10,}  eval interpolation {last_eval['interpolation']:8.1f}  "
                            f"extrapolation {last_eval['extrapolation']:8.1f}", file=sys.stderr)
                 if cfg.stop_at_return is not None and min(last_eval.values()) >= cfg.stop_at_return:
                     stopped_early = True
                     break
-            elif global_step >= next_ckpt:
-                ckpt.save_latest(payload(global_step, update))
-                next_ckpt = global_step + cfg.checkpoint_interval_steps
+            elif step >= next_ckpt:
+                ckpt.save_latest(payload(step))
+                next_ckpt = step + cfg.checkpoint_interval_steps
     except BaseException:
         writer.close()
         raise
     finally:
         bar.close()
         env.close()
-    wall = elapsed_before + time.perf_counter() - t_start
+    train_s = max(time.perf_counter() - t_loop - eval_seconds, 1e-9)
     metrics = {
         "family": family.name,
-        "env_steps": global_step,
-        "updates": update,
-        "wall_clock_s": wall,
-        "steps_per_second": (global_step - steps_at_loop) / max(time.perf_counter() - t_loop - eval_seconds, 1e-9),
+        "env_steps": step,
+        "updates": progress.update,
+        "wall_clock_s": elapsed(),
+        "steps_per_second": (step - steps_at_loop) / train_s,
         "eval_seconds": eval_seconds,
         "eval_interpolation_return": last_eval.get("interpolation"),
         "eval_extrapolation_return": last_eval.get("extrapolation"),
-        "best_heldout_return": best_score,
-        "time_to_target_s": time_to_target,
-        "steps_to_target": steps_to_target,
-        "target_return": cfg.stop_at_return if cfg.stop_at_return is not None else family.success_return,
+        "best_heldout_return": progress.best_score,
+        "time_to_target_s": progress.time_to_target,
+        "steps_to_target": progress.steps_to_target,
+        "target_return": target,
         "stopped_early": stopped_early,
-        "history": history,
+        "history": progress.history,
         "device": str(device),
         "seed": cfg.seed,
     }

@@ -302,3 +302,72 @@ def test_explained_variance():
     assert explained_variance(torch.full_like(y, 2.5), y) == pytest.approx(0.0)
     assert explained_variance(-y, y) < 0
     assert math.isnan(explained_variance(y, torch.ones(4)))
+
+
+# --------------------------------------------------------------------------------------
+# ppo_update: the one update loop
+# --------------------------------------------------------------------------------------
+def _fake_loss(param, kls, calls, nan_at=None):
+    """A minibatch loss whose approx-KL follows ``kls`` call by call (the loop only reads it)."""
+    from hyperrl.ppo import LossOut
+
+    def loss(mb):
+        i = len(calls)
+        calls.append(mb.clone())
+        value = (param * mb.to(param.dtype)).sum()
+        if nan_at == i:
+            value = value * float("nan")
+        z = torch.zeros(())
+        return LossOut(value, value.detach(), value.detach(), z, torch.tensor(kls[i % len(kls)]), z)
+
+    return loss
+
+
+def test_ppo_update_minibatches_cover_every_item_each_epoch():
+    from hyperrl.ppo import ppo_update
+
+    p = torch.nn.Parameter(torch.zeros(()))
+    calls = []
+    opt = torch.optim.SGD([p], lr=0.0)
+    stats = ppo_update(_fake_loss(p, [0.0], calls), opt, [[p]], num_items=10, minibatch_size=4, epochs=3,
+                       max_grad_norm=1.0, target_kl=None, device="cpu", generator=torch.Generator().manual_seed(0))
+    assert [len(c) for c in calls] == [4, 4, 2] * 3
+    for e in range(3):
+        assert sorted(torch.cat(calls[3 * e:3 * e + 3]).tolist()) == list(range(10))
+    assert set(stats) == {"policy", "value", "entropy", "approx_kl", "clipfrac"} and stats["policy"].shape == (9,)
+
+
+def test_ppo_update_stops_on_the_epochs_mean_kl():
+    """Early stopping reads the epoch's MEAN approx-KL: one spiky minibatch does not stop it."""
+    from hyperrl.ppo import ppo_update
+
+    p = torch.nn.Parameter(torch.zeros(()))
+    opt = torch.optim.SGD([p], lr=0.0)
+    calls = []  # 2 minibatches per epoch, KL 0.0 then 0.03: last 0.03 > 0.02 but mean 0.015 < 0.02
+    ppo_update(_fake_loss(p, [0.0, 0.03], calls), opt, [[p]], 8, 4, 4, 1.0, 0.02, "cpu")
+    assert len(calls) == 8  # all 4 epochs
+    calls = []  # mean 0.025 > 0.02: stops after the first epoch
+    ppo_update(_fake_loss(p, [0.02, 0.03], calls), opt, [[p]], 8, 4, 4, 1.0, 0.02, "cpu")
+    assert len(calls) == 2
+
+
+def test_ppo_update_refuses_non_finite_and_clips_each_group():
+    from hyperrl.ppo import NonFiniteUpdate, ppo_update
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+
+    def loss(mb):
+        from hyperrl.ppo import LossOut
+
+        v = 100.0 * a.sum() + 0.001 * b.sum()
+        z = torch.zeros(())
+        return LossOut(v, v.detach(), v.detach(), z, z, z)
+
+    opt = torch.optim.SGD([a, b], lr=1.0)
+    ppo_update(loss, opt, [[a], [b]], 1, 1, 1, max_grad_norm=0.5, target_kl=None, device="cpu")
+    # a's gradient (norm 173) is clipped to 0.5; b's (norm 0.0017) is not shrunk with it
+    assert a.norm().item() == pytest.approx(0.5, rel=1e-5)
+    assert b.norm().item() == pytest.approx(0.001 * 3 ** 0.5, rel=1e-5)
+    p = torch.nn.Parameter(torch.zeros(()))
+    with pytest.raises(NonFiniteUpdate, match="epoch 1"):
+        ppo_update(_fake_loss(p, [0.0], [], nan_at=2), torch.optim.SGD([p], lr=0.1), [[p]], 4, 2, 3, 1.0, None, "cpu")

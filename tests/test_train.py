@@ -545,3 +545,103 @@ def test_weight_histogram_matches_numpy_and_reads_back(tmp_path):
     assert list(hv.bucket) == counts.tolist()
     (c,) = acc.Histograms("const")
     assert (c.histogram_value.num, list(c.histogram_value.bucket), c.histogram_value.max) == (5, [5.0], 0.25)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop's pieces
+# ---------------------------------------------------------------------------------------
+def _pieces(family_name="cartpole-mass", n=8, k=3, t=40, seed=0):
+    from hyperrl.agent import HyperAgent
+    from hyperrl.sim import make_vec_env
+    from hyperrl.train_config import ModelConfig
+
+    family = load_family(family_name)
+    torch.manual_seed(seed)
+    env = make_vec_env(family, n, seed=seed)
+    agent = HyperAgent(env.obs_dim, env.single_action_space, family.context_dim,
+                       ModelConfig(hidden_sizes=(16, 16), embed_sizes=(16,), critic_hidden_sizes=(16,)))
+    gen = torch.Generator().manual_seed(seed)
+    obs = env.reset(params=family.sample(n, gen), seed=seed)
+    return family, env, agent, gen, obs
+
+
+def test_collect_rollout_acts_with_each_steps_slot_variant():
+    """Every stored log-probability is the one the step's own slot variant's generated policy
+    gives its action (so weights and parameters follow the slots), slots advance at episode
+    ends and stop at the last one, and the episode tracker saw every finished episode."""
+    from hyperrl.agent import RolloutWeights
+    from hyperrl.hypernet import functional_mlp
+    from hyperrl.train import EpisodeTracker, Rollout, collect_rollout, draw_slots
+
+    family, env, agent, gen, obs = _pieces()
+    n, k, t = 8, 3, 40
+    params_tab, ctx_tab = draw_slots(env, family, family.sample, k, gen, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        w = agent.policy_weights(ctx_tab.view(n * k, -1))
+    rollout = Rollout.allocate(t, n, env.obs_dim, agent, torch.float32, torch.device("cpu"))
+    episodes = EpisodeTracker.zeros(n, torch.device("cpu"))
+    collect_rollout(env, agent, rollout, obs, params_tab, ctx_tab, RolloutWeights(w, n, k),
+                    torch.Generator().manual_seed(1), episodes, 1.0, branch_free=False)
+    done = rollout.terminated | rollout.truncated
+    assert done.any()  # CartPole at init: episodes end within 40 steps
+    # slot(t+1) = min(slot(t) + done(t), K - 1)
+    expected = torch.minimum(rollout.slot[:-1] + done[:-1].long(), torch.tensor(k - 1))
+    assert torch.equal(rollout.slot[1:], expected) and bool((rollout.slot[0] == 0).all())
+    with torch.no_grad():
+        for col in range(n):
+            for s in rollout.slot[:, col].unique().tolist():
+                steps = (rollout.slot[:, col] == s).nonzero().squeeze(1)
+                wv = {key: v.view(n, k, *v.shape[1:])[col, s:s + 1] for key, v in w.items()}
+                out = functional_mlp(wv, rollout.obs[steps, col].unsqueeze(0), agent.cfg.activation)[0]
+                logp = agent.policy_head(wv, out).log_prob(rollout.actions[steps, col])
+                torch.testing.assert_close(logp, rollout.logp[steps, col], rtol=1e-5, atol=1e-5)
+    assert int(episodes.count) == int(done.sum())
+    assert episodes.finished_means()[1] == pytest.approx(float(episodes.len_sum) / int(done.sum()))
+
+
+def test_episode_tracker_by_hand():
+    from hyperrl.train import EpisodeTracker
+
+    tr = EpisodeTracker.zeros(2, torch.device("cpu"))
+    assert tr.finished_means() is None
+    tr.step(torch.tensor([1.0, 2.0]), torch.tensor([False, False]))
+    tr.step(torch.tensor([1.0, 2.0]), torch.tensor([True, False]))  # env 0: return 2, length 2
+    tr.step(torch.tensor([3.0, 2.0]), torch.tensor([False, True]))  # env 1: return 6, length 3
+    assert tr.finished_means() == (4.0, 2.5)
+    assert tr.ret.tolist() == [3.0, 0.0] and tr.length.tolist() == [1, 0]
+    tr.start_rollout()
+    assert tr.finished_means() is None and tr.ret.tolist() == [3.0, 0.0]  # running episodes carry over
+
+
+def test_simulator_state_dict_continues_the_same_episodes():
+    """state_dict / load_state_dict: the steps after a restore repeat the steps after the save
+    exactly, autoresets (which draw from the simulator's generator) included."""
+    family, env, agent, gen, obs = _pieces("cartpole-actuator", n=16)
+    actions = torch.randint(0, 2, (60, 16), generator=torch.Generator().manual_seed(2))
+    for a in actions[:10]:
+        env.step(a)
+    saved = env.state_dict()
+    first = [env.step(a) for a in actions[10:]]
+    assert any(bool(o.terminated.any()) for o in first)
+    _, env2, _, _, _ = _pieces("cartpole-actuator", n=16, seed=5)  # another start, another generator
+    env2.load_state_dict(saved)
+    for a, o in zip(actions[10:], first):
+        o2 = env2.step(a)
+        assert torch.equal(o2.obs, o.obs) and torch.equal(o2.final_obs, o.final_obs)
+        assert torch.equal(o2.terminated, o.terminated) and torch.equal(o2.truncated, o.truncated)
+    assert torch.equal(env2.params, env.params)
+
+
+def test_evaluate_heldout_scores_both_splits_and_restores_train_mode():
+    from hyperrl.train import evaluate_heldout
+    from hyperrl.train_config import EvalConfig
+
+    family, env, agent, gen, obs = _pieces()
+    agent.train()
+    stats = evaluate_heldout(agent, family, EvalConfig(episodes=2), 0, torch.device("cpu"), torch.float32)
+    assert set(stats) == {"interpolation", "extrapolation"} and agent.training
+    for split, st in stats.items():
+        assert st.returns.shape == (len(family.heldout_values(split)), 2)
+        assert bool(((st.returns >= 1) & (st.returns <= 500)).all())
+    again = evaluate_heldout(agent, family, EvalConfig(episodes=2), 0, torch.device("cpu"), torch.float32)
+    assert torch.equal(again["interpolation"].returns, stats["interpolation"].returns)  # same round, same starts

@@ -170,6 +170,21 @@ class BatchedSim(VecEnv):
         self.elapsed = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
         return self.observe(self.state)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything that decides the next steps: per-env state, step counters, current and
+        next parameter values, and the reset generator (CPU tensors, for a checkpoint)."""
+        return {"state": self.state.cpu(), "elapsed": self.elapsed.cpu(), "params": self.params.cpu(),
+                "next_params": self.next_params.cpu(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Continue exactly where :meth:`state_dict` was taken; returns the observation."""
+        self.state = state["state"].to(self.device, self.dtype)
+        self.elapsed = state["elapsed"].to(self.device)
+        self.params = state["params"].to(self.device, self.dtype)
+        self.next_params = state["next_params"].to(self.device, self.dtype)
+        self.generator.set_state(state["generator"].cpu())
+        return self.observe(self.state)
+
     def step(self, action: torch.Tensor) -> StepOut:
         new_state, reward, terminated = self.dynamics(self.state, action, self.params)
         elapsed = self.elapsed + 1
