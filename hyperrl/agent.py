@@ -18,7 +18,7 @@ from torch import nn
 from dataclasses import dataclass
 
 from hyperrl.hypernet import TRAIN_ACT_MODULES, HyperNetwork, functional_mlp
-from hyperrl.ppo import Categorical, DiagGaussian
+from hyperrl.ppo import Categorical, DiagGaussian, clip_action
 from hyperrl.train_config import ModelConfig
 
 __all__ = ["HyperAgent", "SlotRows", "RolloutWeights", "apply_rows", "gather_slots", "act"]
@@ -204,24 +204,30 @@ class HyperAgent(nn.Module):
         """[B, C] -> generated policy weights, each [B, ...] keyed like the target state dict."""
         return self.actor(self.condition(context))
 
+    def log_std_of(self, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The Gaussian policy's log-std: the learned one ``[A]``, or the one generated with
+        ``weights`` (``[B, A]``, ``model.log_std: generated``); None for discrete actions."""
+        if self.discrete:
+            return None
+        return self.log_std if self.log_std is not None else weights["log_std"]
+
     def policy_head(self, weights: dict[str, torch.Tensor], out: torch.Tensor):
-        """Network output [..., A] -> action distribution (log-std learned or generated [B, A])."""
+        """Network output [..., A] -> action distribution."""
         if self.discrete:
             return Categorical(out)
-        return DiagGaussian(out, self.log_std if self.log_std is not None else weights["log_std"])
+        return DiagGaussian(out, self.log_std_of(weights))
 
     def dist_rows(self, weights: dict[str, torch.Tensor], obs: torch.Tensor, rows: SlotRows):
         """obs [M, T, D] -> distribution over [M, T] actions, each sample under its row's weights."""
         out = apply_rows(weights, obs, rows, self.cfg.activation)
-        if self.discrete or self.log_std is not None:
-            return self.policy_head(weights, out)
-        return DiagGaussian(out, weights["log_std"][rows.sample_row])  # [M, T, A]
+        if self.discrete:
+            return Categorical(out)
+        log_std = self.log_std_of(weights)
+        return DiagGaussian(out, log_std if self.log_std is not None else log_std[rows.sample_row])  # [M, T, A]
 
     def env_action(self, action: torch.Tensor) -> torch.Tensor:
         """The action the env receives: clipped to the Box bounds for continuous actions."""
-        if self.discrete:
-            return action
-        return torch.max(torch.min(action, self.act_high.to(action.dtype)), self.act_low.to(action.dtype))
+        return action if self.discrete else clip_action(action, self.act_low, self.act_high)
 
     # ---- critic -------------------------------------------------------------------
     def critic_weights(self, context: torch.Tensor) -> dict[str, torch.Tensor] | None:

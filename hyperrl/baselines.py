@@ -53,6 +53,7 @@ from hyperrl.episodes import HELDOUT_EVAL_SEED, Actor, ActorFactory, evaluate_va
 from hyperrl.errors import HyperrlError
 from hyperrl.families import SPLITS, Family, load_family
 from hyperrl.fileio import fresh_run_dir, write_json
+from hyperrl.ppo import clip_action
 from hyperrl.runs import Values, read_metrics, read_run_info
 from hyperrl.wrappers import FamilyEnv
 
@@ -110,9 +111,8 @@ def sb3_actor(model: Any, append_context: bool, deterministic: bool = True, seed
                 action = model.policy._predict(x.to(dev, torch.float32), deterministic=deterministic)
             calls[0] += 1
             if action.dtype.is_floating_point:
-                low = torch.as_tensor(model.action_space.low, device=action.device)
-                high = torch.as_tensor(model.action_space.high, device=action.device)
-                action = torch.max(torch.min(action, high), low)
+                action = clip_action(action, torch.as_tensor(model.action_space.low, device=action.device),
+                                     torch.as_tensor(model.action_space.high, device=action.device))
             return action.to(obs.device)
 
         return policy

@@ -186,9 +186,7 @@ class HyperRun:
                                "(use generate() for several)")
         weights = self.generate(v, device)
         agent = self.agent_on(device)
-        log_std = None
-        if not agent.discrete:
-            log_std = agent.log_std if agent.log_std is not None else weights.get("log_std", [None])[0]
+        log_std = agent.log_std_of(weights)  # [A] or [1, A]
         return GeneratedPolicy({k: t[0] for k, t in weights.items() if k != "log_std"}, agent.cfg.activation,
                                self.action_space, self.observation_space, log_std=log_std,
                                family=self.family, values=v[0], seed=seed)

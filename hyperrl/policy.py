@@ -25,7 +25,7 @@ from torch import nn
 from hyperrl.errors import HyperrlError
 from hyperrl.families import Family
 from hyperrl.hypernet import make_target_mlp, mlp_layer_count
-from hyperrl.ppo import Categorical, DiagGaussian
+from hyperrl.ppo import Categorical, DiagGaussian, clip_action
 
 __all__ = ["GeneratedPolicy", "PolicyModule", "ArgmaxHead", "ClipHead"]
 
@@ -49,7 +49,7 @@ class ClipHead(nn.Module):
         self.register_buffer("high", high.clone())
 
     def forward(self, out: torch.Tensor) -> torch.Tensor:
-        return torch.max(torch.min(out, self.high), self.low)
+        return clip_action(out, self.low, self.high)
 
 
 class PolicyModule(nn.Module):

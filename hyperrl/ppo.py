@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 __all__ = ["gae", "ppo_loss", "ppo_update", "LossOut", "NonFiniteUpdate", "Categorical", "DiagGaussian",
-           "explained_variance"]
+           "clip_action", "explained_variance"]
 
 
 def gae(
@@ -161,6 +161,13 @@ def ppo_update(
         if target_kl is not None and float(torch.stack(stats["approx_kl"][first:]).mean()) > target_kl:
             break
     return {key: torch.stack(v) for key, v in stats.items()}
+
+
+def clip_action(action: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A continuous action clipped elementwise to a Box's ``[low, high]``: what the env receives.
+    The Gaussian policy samples unbounded actions and is trained on those (their log-prob),
+    so only the copy sent to the env is clipped (as SB3 does)."""
+    return torch.max(torch.min(action, high.to(action.dtype)), low.to(action.dtype))
 
 
 class Categorical:

@@ -21,6 +21,7 @@ import torch
 
 from hyperrl.errors import FamilyError
 from hyperrl.families import Family
+from hyperrl.ppo import clip_action
 from hyperrl.sim.base import StepOut, VecEnv
 
 __all__ = ["GymnasiumVecEnv", "ParamResetWrapper"]
@@ -142,8 +143,8 @@ class GymnasiumVecEnv(VecEnv):
         self._discrete = isinstance(act, gym.spaces.Discrete)
         if not self._discrete:
             self._act_shape = tuple(act.shape)
-            self._act_low = np.asarray(act.low)
-            self._act_high = np.asarray(act.high)
+            self._act_low = torch.as_tensor(np.asarray(act.low), dtype=torch.float64)
+            self._act_high = torch.as_tensor(np.asarray(act.high), dtype=torch.float64)
         if limit is None:
             raise FamilyError(
                 f"family '{family.name}': {family.env_id} has no time limit; "
@@ -244,8 +245,7 @@ class GymnasiumVecEnv(VecEnv):
         want = (self.num_envs, *self._act_shape)
         if a.numel() != int(np.prod(want)):
             raise ValueError(f"expected actions of shape {list(want)}, got {tuple(a.shape)}")
-        x = a.to(torch.float64).reshape(want).numpy()
-        x = np.clip(x, self._act_low, self._act_high)
+        x = clip_action(a.to(torch.float64).reshape(want), self._act_low, self._act_high).numpy()
         return x.astype(self.single_action_space.dtype, copy=False)
 
     def step(self, action: torch.Tensor) -> StepOut:
