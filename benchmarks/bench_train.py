@@ -1,4 +1,4 @@
-"""Training targets of issue #3, measured (not timed tests).
+"""Training targets, measured (not timed tests): throughput and time to target, beside SB3.
 
     python benchmarks/bench_train.py                     # everything below
     python benchmarks/bench_train.py --part throughput   # steps/s, N=1024, vs SB3 PPO CartPole-v1
@@ -18,7 +18,7 @@
   to the same score on the same variants, or its score at the end of its budget.
 * cartpole-actuator: the default config vs the context-blind ablation (model.context=none).
 * pendulum: held-out mean return of the default config.
-Figures are printed as Markdown tables; paste them into the README.
+Figures are printed as Markdown tables; benchmarks/README.md records them with this command.
 """
 
 from __future__ import annotations

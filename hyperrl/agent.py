@@ -252,7 +252,7 @@ class _ScalarLinear(nn.Linear):
 
     Why: autograd's input gradient of a width-1 Linear is an outer-product GEMM
     ``[B, 1] @ [1, in]`` that MKL runs ~10x slower than the equivalent broadcast multiply
-    (0.37 ms of a 6 ms minibatch at B=4096 in issue #3's profile).
+    (about 0.4 ms of a 6 ms minibatch at B=4096 in the training profile).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,10 +100,10 @@ __all__ = [
 class _SigmoidTanh(torch.autograd.Function):
     """tanh(x) = 2 sigmoid(2x) - 1, with backward g (1 - y^2) (ATen's tanh_backward).
 
-    Why: on CPU, ATen's vectorised ``tanh`` costs ~2 ns/element here while ``sigmoid``
-    costs ~0.2 (AVX-512 build, measured in issue #3's profile, where tanh was ~20% of
-    training time); the identity is exact up to float rounding (max |error| 1.8e-7 in
-    float32, 3e-16 in float64, checked in tests/test_agent.py).
+    Why: on CPU, ATen's vectorised ``tanh`` costs several times more per element than
+    ``sigmoid`` (benchmarks/README.md, training throughput profile); the identity is exact
+    up to float rounding (max |error| 1.8e-7 in float32, 3e-16 in float64, checked in
+    tests/test_agent.py).
     """
 
     @staticmethod
@@ -151,9 +151,8 @@ _ACT_MODULES: dict[str, type[nn.Module]] = {
 }
 # Modules used inside hyperrl's own networks (critic, embedding trunk); exported target
 # networks (make_target_mlp) keep the standard modules. "fast_tanh" is opt-in
-# (model.activation): it is ~5x cheaper on CPU, but in session 2 two of three 6M-step
-# pendulum runs with it collapsed late (cause not isolated; a session-4 re-run of those
-# seeds did not collapse), so "tanh" stays the default until more seeds say otherwise.
+# (model.activation): cheaper on CPU, but some long pendulum runs with it have collapsed
+# late (benchmarks/README.md), so "tanh" is the default.
 TRAIN_ACT_MODULES: dict[str, type[nn.Module]] = {**_ACT_MODULES, "fast_tanh": FastTanh}
 INITS = ("bias_hyperinit", "hyperfan_in")
 

@@ -58,10 +58,10 @@ def add_weight_histogram(writer: Any, tag: str, values: torch.Tensor, step: int,
     """``writer.add_histogram`` computed with torch (``bins`` equal-width buckets over [min, max]).
 
     Why not ``add_histogram``: its sum of squares is a NumPy ``dot``, i.e. an OpenBLAS call
-    whose worker threads keep spinning afterwards on the cores torch needs (issue #3: the
-    N = 1,024 config's whole-run steps/s went from ~295k to ~375k without it, 2 cores;
-    ``OPENBLAS_NUM_THREADS=1`` closed the gap too). NumPy's 'tensorflow' bins also wrote
-    ~10 KB per tensor; 64 buckets are plenty for TensorBoard's display (it rebins to ~30).
+    whose worker threads keep spinning afterwards on the cores torch needs (on 2 cores about
+    a fifth of the training loop's CPU; benchmarks/README.md). NumPy's 'tensorflow' bins
+    also write ~10 KB per tensor; 64 buckets are plenty for TensorBoard's display (it rebins
+    to ~30).
     """
     v = values.detach().reshape(-1).to("cpu", torch.float64)  # [n]
     lo, hi = float(v.min()), float(v.max())

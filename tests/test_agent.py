@@ -334,7 +334,7 @@ def test_rollout_weights_track_each_envs_slot(branch_free):
             assert torch.equal(rw.current[key], expected)
 
 
-# ---- CPU fast paths (issue #3 throughput): same numbers as the standard modules ----------
+# ---- CPU fast paths (training throughput): same numbers as the standard modules ----------
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-7), (torch.float64, 1e-15)])
 def test_fast_tanh_matches_torch_tanh_values_and_gradients(dtype, tol):
     from hyperrl.hypernet import fast_tanh
