@@ -450,3 +450,29 @@ def test_parse_values_all_parameters_in_one_item():
         parse_values(fam, ["m=1,l=1,m=2"])
     with pytest.raises(HyperrlError, match="'x' is not a number"):
         parse_values(fam, ["m=1,x,l=1"])
+
+
+def test_run_first_episodes_counts_each_envs_first_episode_and_records_it():
+    """Returns and lengths stop at each env's first episode end (whatever the env does
+    after its autoreset); the record holds exactly those steps, trimmed after the last end."""
+    from hyperrl.episodes import run_first_episodes
+    from hyperrl.sim import make_vec_env
+
+    family = hyperrl.load_family("cartpole-mass")
+    env = make_vec_env(family, 6, dtype=torch.float64, seed=0)
+    obs = env.reset(params=torch.full((6, 1), 0.1, dtype=torch.float64), seed=0)
+    push = torch.tensor([0, 1, 0, 1, 1, 0])  # always the same push: falls within ~10-40 steps
+
+    def step(o):
+        return push, push, torch.zeros(6)
+
+    ret, length, eps = run_first_episodes(env, obs, step, record=True, sync_every=1)
+    assert torch.equal(ret, length.double())  # CartPole: +1 per step
+    assert torch.equal(eps.lengths, length) and torch.equal(eps.returns, ret)
+    assert eps.mask.shape[0] == int(length.max())  # nothing recorded after the last end
+    ends = (eps.terminated | eps.truncated).sum(0)
+    assert ends.tolist() == [1] * 6  # exactly one episode end per env, its first
+    env2 = make_vec_env(family, 6, dtype=torch.float64, seed=0)
+    obs2 = env2.reset(params=torch.full((6, 1), 0.1, dtype=torch.float64), seed=0)
+    ret2, length2, none = run_first_episodes(env2, obs2, lambda o: push)  # sync every 32 steps
+    assert none is None and torch.equal(ret2, ret) and torch.equal(length2, length)
