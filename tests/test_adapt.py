@@ -19,10 +19,14 @@ import pytest
 import torch
 
 import hyperrl
+import hyperrl.adapt.sim
 import hyperrl.sim
 from hyperrl import adapt as adapt_mod
 from hyperrl.adapt import (AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt, adapt_mode,
                            adapt_reference, evaluate_policy, identify, run_episodes)
+from hyperrl.adapt.evaluation import forgetting
+from hyperrl.adapt.learners import generated_policy
+from hyperrl.adapt.run import budgets_for
 from hyperrl.cli import main_guard
 from hyperrl.errors import HyperrlError
 from hyperrl.families import load_family
@@ -147,7 +151,7 @@ def test_world_evaluations_and_errors(actuator_run, source):
     kw = dict(episodes=1, modes="context", references=False, budgets=[0], eval_episodes=3, save=False)
     home = adapt(actuator_run, TRUE, **kw)
     away = adapt(actuator_run, TRUE, world=world, **kw)
-    pol = adapt_mod.generated_policy(source, v(TRUE))
+    pol = generated_policy(source, v(TRUE))
     # the zero-shot point is the generated policy evaluated in the world, not at home
     assert away["curves"]["context"][0]["returns"] == evaluate_policy(world, pol, v(TRUE), 3).tolist()
     assert home["curves"]["context"][0]["returns"] == evaluate_policy(source.family, pol, v(TRUE), 3).tolist()
@@ -202,7 +206,7 @@ def test_sim_mode_reverts_a_finetune_that_loses_in_its_own_simulator(source, mon
                 p.mul_(-1.0)  # a policy that pushes the wrong way everywhere
         return agent.to(dev), {"sim_steps": 0}
 
-    monkeypatch.setattr(adapt_mod, "sim_finetune", broken_finetune)
+    monkeypatch.setattr(hyperrl.adapt.sim, "sim_finetune", broken_finetune)
     # told the true reversed motor: the zero-shot policy is the good one here
     res = adapt_mode(source, "sim", v(TRUE), v(TRUE), episodes, AdaptConfig(), seed=0)
     chk = res.info["sim_check_return"]
@@ -243,7 +247,7 @@ def test_hypernet_mode_keeps_the_family(source):
         after = res.info["_agent"].policy_weights(ctx)
     rel = max(float((after[k] - before[k]).norm() / before[k].norm()) for k in before)
     assert rel < 0.2  # the regulariser keeps the train contexts' weights
-    forget = adapt_mod._forgetting(source, res.info["_agent"], torch.device("cpu"))
+    forget = forgetting(source, res.info["_agent"], torch.device("cpu"))
     assert forget["after"] >= 0.8 * forget["before"], forget
 
 
@@ -318,7 +322,7 @@ def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
 def test_budgets_without_zero_still_report_zero_shot(actuator_run, capsys):
     """--budgets 2 (no 0): the zero-shot return is still measured and written (it crashed the
     TensorBoard writer once, after the adaptation had run)."""
-    assert adapt_mod.budgets_for(3, [2]) == [0, 2, 3]
+    assert budgets_for(3, [2]) == [0, 2, 3]
     rc = main_guard(adapt_mod.main)([str(actuator_run), "--values", "force_mag=-10", "--episodes", "2",
                                      "--mode", "weights", "--budgets", "2", "--eval-episodes", "2",
                                      "--no-references", "--name", "nozero"])
