@@ -22,8 +22,8 @@ import hyperrl
 import hyperrl.adapt.sim
 import hyperrl.sim
 from hyperrl import adapt as adapt_mod
-from hyperrl.adapt import (AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt, adapt_mode,
-                           adapt_reference, evaluate_policy, identify, run_episodes)
+from hyperrl.adapt import (MODES, REFERENCES, AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt,
+                           adapt_mode, adapt_reference, evaluate_policy, identify, run_episodes)
 from hyperrl.adapt.evaluation import forgetting
 from hyperrl.adapt.learners import generated_policy
 from hyperrl.adapt.run import budgets_for
@@ -317,6 +317,22 @@ def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
     err = expect_error(capsys, actuator_run, "--values", "force_mag=10", "--true-values", "force_mag=-10",
                        "--episodes", "2", "--mode", "weights", "--seed", "3", "--no-references")
     assert "already exists" in err
+
+
+def test_curves_figure_gives_every_line_its_own_style():
+    from hyperrl.adapt.report import curves_figure
+    from hyperrl.plots import close_figure
+
+    lines = [*MODES, *REFERENCES]
+    assert len(lines) == 6
+    curves = {ln: [{"budget": b, "return_mean": 10.0 * i + b, "return_std": 1.0} for b in (0, 1, 2)]
+              for i, ln in enumerate(lines)}
+    fig = curves_figure(load_family("cartpole-actuator"), curves, "styles")
+    drawn = {ln.get_label(): (ln.get_color(), ln.get_marker()) for ln in fig.axes[0].get_lines()}
+    close_figure(fig)
+    assert set(drawn) == set(lines)
+    assert len({color for color, _ in drawn.values()}) == 6, drawn
+    assert len({marker for _, marker in drawn.values()}) == 6, drawn
 
 
 def test_budgets_without_zero_still_report_zero_shot(actuator_run, capsys):

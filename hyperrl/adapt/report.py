@@ -20,6 +20,12 @@ from hyperrl.evaluate import OUTPUT_NAME_MAX, OUTPUT_NAME_RE
 from hyperrl.families import Family
 from hyperrl.fileio import publish_dir
 
+# (colour, marker) per mode and reference: every line of the figure stays distinguishable
+# (references are also dashed)
+LINE_STYLES: dict[str, tuple[str, str]] = {
+    "context": ("C0", "o"), "weights": ("C1", "s"), "hypernet": ("C2", "^"), "sim": ("C4", "v"),
+    "scratch": ("C7", "x"), "dr-finetune": ("C3", "D"),
+}
 
 
 def default_name(family: Family, mode: str, values: torch.Tensor, hidden: bool, k: int, seed: int) -> str:
@@ -47,12 +53,10 @@ def curves_figure(family: Family, curves: Mapping[str, Sequence[Mapping[str, Any
 
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    styles = {"context": ("C0", "o"), "weights": ("C1", "s"), "hypernet": ("C2", "^"),
-              "scratch": ("C7", "x"), "dr-finetune": ("C3", "D")}
     for i, (line, pts) in enumerate(curves.items()):
         if not pts:
             continue
-        color, marker = styles.get(line, (f"C{i % 10}", "o"))
+        color, marker = LINE_STYLES.get(line, (f"C{i % 10}", "o"))
         x = np.array([p["budget"] for p in pts], dtype=float)
         y = np.array([p["return_mean"] for p in pts])
         s = np.array([p["return_std"] for p in pts])
