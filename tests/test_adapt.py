@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +320,19 @@ def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
     err = expect_error(capsys, actuator_run, "--values", "force_mag=10", "--true-values", "force_mag=-10",
                        "--episodes", "2", "--mode", "weights", "--seed", "3", "--no-references")
     assert "already exists" in err
+
+
+def test_help_lists_every_mode_and_reference():
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "hyperrl.adapt", "--help"], capture_output=True, text=True,
+                          env=env, cwd=repo, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no runpy warning about __main__
+    epilog = " ".join(proc.stdout[proc.stdout.index("modes:"):].split())
+    for mode in MODES:
+        assert f"{mode} = " in epilog, (mode, epilog)
+    for ref in REFERENCES:
+        assert ref in epilog, (ref, epilog)
 
 
 def test_curves_figure_gives_every_line_its_own_style():

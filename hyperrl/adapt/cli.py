@@ -23,8 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(every episode the adapter runs counts).",
         epilog="modes: context = search the frozen hypernetwork's context (CEM + system identification); "
                "weights = PPO on the generated weights; hypernet = PPO on the hypernetwork, regularised "
-               "toward the pre-trained one. References: scratch (PPO from a fresh policy) and "
-               "dr-finetune (--dr). Outputs: RUN_DIR/adapt/<name>/ (loadable by hyperrl.load).")
+               "toward the pre-trained one; sim = identify the parameters from one episode, then train "
+               "the hypernetwork further in the family's simulator at them (simulated steps cost no "
+               "episodes). References: scratch (PPO from a fresh policy) and dr-finetune (--dr). "
+               "Outputs: RUN_DIR/adapt/<name>/ (loadable by hyperrl.load).")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run dir written by python -m hyperrl.train")
     parser.add_argument("--values", action="append", required=True, metavar="NAME=V",
                         help="the variant: one value per parameter (repeat for each parameter, or all in "
