@@ -254,6 +254,27 @@ def test_hypernet_mode_keeps_the_family(source):
     assert forget["after"] >= 0.8 * forget["before"], forget
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_scratch_critic_uses_the_runs_activation(activation):
+    """The scratch reference's fresh critic has the activation modules of the run's own
+    critic (built here from a model config, nothing trained)."""
+    import gymnasium as gym
+    from types import SimpleNamespace
+
+    from hyperrl.adapt.references import fresh_policy
+    from hyperrl.agent import HyperAgent
+    from hyperrl.train_config import ModelConfig
+
+    cfg = ModelConfig(activation=activation, hidden_sizes=(8,), embed_sizes=(8,), critic_hidden_sizes=(8, 8))
+    agent = HyperAgent(4, gym.spaces.Discrete(2), 1, cfg)
+    src = SimpleNamespace(agent=agent, dtype=torch.float32, action_space=gym.spaces.Discrete(2))
+    pol, critic = fresh_policy(src, seed=0, device=torch.device("cpu"))
+    acts = lambda net: [type(m) for m in net.modules() if type(m) in (torch.nn.ReLU, torch.nn.Tanh)]  # noqa: E731
+    expected = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[activation]
+    assert acts(critic) == [expected, expected] == acts(agent.critic)
+    assert pol.activation == activation and critic(torch.zeros(5, 4)).shape == (5,)
+
+
 def test_identify_recovers_parameters():
     for name, true in (("cartpole-actuator", [-3.7]), ("cartpole-mass", [0.83]), ("pendulum-mass-length", [2.2, 0.4])):
         fam = load_family(name)

@@ -19,7 +19,7 @@ from hyperrl.adapt.learners import Learner, SB3Learner, WeightsLearner, WeightsP
 from hyperrl.adapt.result import AdaptResult
 from hyperrl.errors import HyperrlError
 from hyperrl.families import Family
-from hyperrl.hypernet import make_target_mlp
+from hyperrl.hypernet import TRAIN_ACT_MODULES, make_target_mlp
 
 
 def _init_orthogonal(net: nn.Sequential, out_gain: float, gen: torch.Generator) -> None:
@@ -35,7 +35,8 @@ def _init_orthogonal(net: nn.Sequential, out_gain: float, gen: torch.Generator) 
 
 
 def fresh_policy(source: Any, seed: int, device: torch.device) -> tuple[WeightsPolicy, nn.Module]:
-    """A freshly initialised policy of the run's architecture (CleanRL init) and critic."""
+    """A freshly initialised policy of the run's architecture and a fresh critic, both with
+    the run's activation (the critic's module is the one the agent's own critic uses)."""
     agent = source.agent
     sizes = [agent.obs_dim, *agent.cfg.hidden_sizes, agent.act_dim]
     g = torch.Generator().manual_seed(int(seed) + 101)
@@ -48,7 +49,7 @@ def fresh_policy(source: Any, seed: int, device: torch.device) -> tuple[WeightsP
     layers: list[nn.Module] = []
     dims = [agent.obs_dim, *agent.cfg.critic_hidden_sizes]
     for a, b in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(a, b), nn.Tanh()]
+        layers += [nn.Linear(a, b), TRAIN_ACT_MODULES[agent.cfg.activation]()]
     layers.append(nn.Linear(dims[-1], 1))
     critic = nn.Sequential(*layers)
     _init_orthogonal(critic, 1.0, g)
