@@ -450,3 +450,25 @@ def test_evaluate_adapted_run_defaults_to_its_own_variant(actuator_run, tmp_path
     # chosen values are evaluated as given
     results, _ = evaluate_run(out, values=["force_mag=-11,-12"], episodes=1, backend="batched", write=False)
     assert len(results["variants"]) == 2
+
+
+def test_adapted_run_honours_its_device(actuator_run, monkeypatch):
+    """The adapted policy lives on the device the run is loaded to; ``meta`` (a device no
+    tensor reaches by accident) shows it without CUDA."""
+    res = adapt(actuator_run, TRUE, episodes=1, modes="context", references=False, eval_episodes=1,
+                budgets=[1], name="device")
+    out = Path(res["dirs"]["context"])
+    cpu = AdaptedRun(out, device="cpu")
+    meta = hyperrl.load(out, device="meta")
+    assert isinstance(meta, AdaptedRun)
+    assert (cpu.device, meta.device) == (torch.device("cpu"), torch.device("meta"))
+    for run, dev in ((cpu, "cpu"), (meta, "meta")):
+        assert {w.device.type for w in run.weights_policy.weights.values()} == {dev}
+    assert {k: w.shape for k, w in meta.weights_policy.weights.items()} == \
+        {k: w.shape for k, w in cpu.weights_policy.weights.items()}
+    seen = []
+    monkeypatch.setattr(meta.weights_policy, "actor_factory",
+                        lambda deterministic, seed, device: seen.append(torch.device(device)))
+    meta.actor_factory()  # actors default to the run's device
+    meta.actor_factory(device="cpu")
+    assert seen == [torch.device("meta"), torch.device("cpu")]

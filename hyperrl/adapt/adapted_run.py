@@ -28,7 +28,9 @@ class AdaptedRun:
     ``hyperrl.evaluate`` restricts held-out selections to it). ``policy.pt`` holds the
     adapted weights for every mode, plus the found context (context mode; the policy is
     the frozen hypernetwork there, :meth:`regenerate` re-derives it from the source run) or
-    the fine-tuned hypernetwork's state dict (hypernet mode).
+    the fine-tuned hypernetwork's state dict (hypernet and sim modes). The policy lives on
+    ``device``, where :meth:`actor_factory`, :meth:`policy` and :meth:`regenerate` act unless
+    they are given another device.
     """
 
     method = "adapted"
@@ -36,6 +38,7 @@ class AdaptedRun:
     def __init__(self, run_dir: str | os.PathLike, info: Mapping[str, Any] | None = None,
                  device: torch.device | str = "cpu"):
         self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
         self.run_info = dict(info) if info is not None else read_run_info(self.run_dir)
         fam_path = self.run_dir / "family.yaml"
         if not fam_path.is_file():
@@ -67,7 +70,8 @@ class AdaptedRun:
         w = {k: v.unsqueeze(0) for k, v in weights.items()}
         dtype = w["0.weight"].dtype
         low, high = space_bounds(self.action_space, dtype, torch.device("cpu"))
-        self.weights_policy = WeightsPolicy(w, self.payload.get("log_std"), activation, discrete, low, high)
+        self.weights_policy = WeightsPolicy(w, self.payload.get("log_std"), activation, discrete, low,
+                                            high).to(self.device)
 
     def __repr__(self) -> str:
         return (f"AdaptedRun({str(self.run_dir)!r}, mode={self.mode!r}, "
@@ -80,34 +84,38 @@ class AdaptedRun:
         return Path(self.run_info.get("source_run_abs", ""))
 
     def regenerate(self) -> WeightsPolicy:
-        """Context / hypernet mode: the policy re-derived from the source run (context mode)
-        or the saved hypernetwork (hypernet mode) at the saved context."""
+        """Context / hypernet / sim mode: the policy re-derived from the source run (context
+        mode) or the saved hypernetwork (hypernet and sim modes) at the saved context, on the
+        run's device."""
         from hyperrl.hyperrun import HyperRun
 
         ctx = self.payload.get("context")
         if ctx is None:
             raise HyperrlError(f"{self.run_dir}: a '{self.mode}' adapted run has no context to regenerate from")
         src = HyperRun(self.source_dir(), checkpoint=self.payload.get("source_checkpoint") or "best")
-        agent = src.agent
+        agent = src.agent_on(self.device)
         if self.mode in ("hypernet", "sim") and self.payload.get("hypernet") is not None:
             agent = copy.deepcopy(agent)
             agent.load_state_dict(self.payload["hypernet"])
         with torch.no_grad():
-            w = agent.policy_weights(ctx.reshape(1, -1).to(src.dtype))
+            w = agent.policy_weights(ctx.reshape(1, -1).to(self.device, src.dtype))
         log_std = None
         if not agent.discrete:
             log_std = agent.log_std if agent.log_std is not None else w["log_std"][0]
-        low, high = space_bounds(src.action_space, src.dtype, torch.device("cpu"))
+        low, high = space_bounds(src.action_space, src.dtype, self.device)
         return WeightsPolicy({k: v for k, v in w.items() if k != "log_std"}, log_std, agent.cfg.activation,
                              agent.discrete, low, high)
 
     def actor_factory(self, deterministic: bool = True, seed: int = 0,
-                      device: torch.device | str = "cpu") -> ActorFactory:
-        return self.weights_policy.actor_factory(deterministic, seed, device)
+                      device: torch.device | str | None = None) -> ActorFactory:
+        """Actors of the adapted policy on ``device`` (default: the run's)."""
+        return self.weights_policy.actor_factory(deterministic, seed, self.device if device is None else device)
 
-    def policy(self, values: Values | None = None, device: torch.device | str = "cpu", seed: int = 0) -> Any:
-        """A :class:`hyperrl.policy.GeneratedPolicy` (SB3's ``predict``) of the adapted policy.
-        ``values`` (validated when given) does not change it: this is a one-variant policy."""
+    def policy(self, values: Values | None = None, device: torch.device | str | None = None,
+               seed: int = 0) -> Any:
+        """A :class:`hyperrl.policy.GeneratedPolicy` (SB3's ``predict``) of the adapted policy on
+        ``device`` (default: the run's). ``values`` (validated when given) does not change it:
+        this is a one-variant policy."""
         from hyperrl.policy import GeneratedPolicy
 
         if values is not None:
@@ -115,7 +123,7 @@ class AdaptedRun:
                 self.family.values_tensor(values)
             else:
                 self.family.validate(torch.as_tensor(values, dtype=torch.float64))
-        wp = self.weights_policy.to(device)
+        wp = self.weights_policy.to(self.device if device is None else device)
         return GeneratedPolicy({k: v[0] for k, v in wp.weights.items()}, wp.activation, self.action_space,
                                self.observation_space, log_std=wp.log_std, family=self.family,
                                values=self.values, seed=seed)
