@@ -138,7 +138,7 @@ def fmt(x: float | None, digits: int = 1) -> str:
 def summarise(md: list[str], fam: Any, fam_name: str, summary_lines: dict[str, list[Any]], args: Any,
               thr: float | None, oracle_run: Any, fam_res: dict[str, Any], k: int, out: Path, n_sel: int) -> None:
     """Summary table, the family's PNG and (Pendulum) the gap to the oracle."""
-    from hyperrl.adapt import curves_figure
+    from hyperrl.adapt.report import curves_figure
     from hyperrl.plots import save_figure
 
     # ---- summary per line ----
@@ -266,7 +266,8 @@ def main() -> int:
     args = p.parse_args()
 
     torch.set_num_threads(max(1, args.threads))
-    from hyperrl.adapt import AdaptConfig, adapt, evaluate_policy, generated_policy
+    from hyperrl.adapt import AdaptConfig, adapt, evaluate_policy
+    from hyperrl.adapt.learners import generated_policy
     from hyperrl.runs import load
     from hyperrl.families import load_family
     from hyperrl.hyperrun import HyperRun

@@ -41,7 +41,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from hyperrl.adapt import AdaptConfig, _parse_single_values, adapt_mode, evaluate_policy, generated_policy
+    from hyperrl.adapt import AdaptConfig, adapt_mode, evaluate_policy
+    from hyperrl.adapt.learners import generated_policy
+    from hyperrl.adapt.run import parse_single_values
     from hyperrl.runs import read_run_info
     from hyperrl.hyperrun import HyperRun
 
@@ -51,7 +53,7 @@ def main() -> None:
         run_dir, _, vals = rest.rpartition(":")
         src = HyperRun(run_dir, read_run_info(run_dir), checkpoint=args.checkpoint)
         specs = vals.split("/") if "=" in vals else vals.split(",")
-        runs.append((label, src, [_parse_single_values(src.family, spec) for spec in specs]))
+        runs.append((label, src, [parse_single_values(src.family, spec) for spec in specs]))
     settings = args.setting if args.setting is not None else [""]
     head = [f"{label} {src.family.label(v)}"
             for label, src, vals in runs for v in vals] + [f"{label} mean" for label, _, _ in runs]

@@ -61,7 +61,7 @@ LOADERS: dict[str, str] = {
     "dr": "hyperrl.baselines:load_baseline_run",
     "concat": "hyperrl.baselines:load_baseline_run",
     "oracle": "hyperrl.baselines:load_baseline_run",
-    "adapted": "hyperrl.adapt:load_adapted_run",
+    "adapted": "hyperrl.adapt.adapted_run:load_adapted_run",
 }
 
 

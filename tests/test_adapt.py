@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +22,14 @@ import pytest
 import torch
 
 import hyperrl
+import hyperrl.adapt.sim
 import hyperrl.sim
 from hyperrl import adapt as adapt_mod
-from hyperrl.adapt import (AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt, adapt_mode,
-                           adapt_reference, evaluate_policy, identify, run_episodes)
+from hyperrl.adapt import (MODES, REFERENCES, AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt,
+                           adapt_mode, adapt_reference, evaluate_policy, identify, run_episodes)
+from hyperrl.adapt.evaluation import forgetting
+from hyperrl.adapt.learners import generated_policy
+from hyperrl.adapt.run import budgets_for
 from hyperrl.cli import main_guard
 from hyperrl.errors import HyperrlError
 from hyperrl.families import load_family
@@ -147,7 +154,7 @@ def test_world_evaluations_and_errors(actuator_run, source):
     kw = dict(episodes=1, modes="context", references=False, budgets=[0], eval_episodes=3, save=False)
     home = adapt(actuator_run, TRUE, **kw)
     away = adapt(actuator_run, TRUE, world=world, **kw)
-    pol = adapt_mod.generated_policy(source, v(TRUE))
+    pol = generated_policy(source, v(TRUE))
     # the zero-shot point is the generated policy evaluated in the world, not at home
     assert away["curves"]["context"][0]["returns"] == evaluate_policy(world, pol, v(TRUE), 3).tolist()
     assert home["curves"]["context"][0]["returns"] == evaluate_policy(source.family, pol, v(TRUE), 3).tolist()
@@ -202,7 +209,7 @@ def test_sim_mode_reverts_a_finetune_that_loses_in_its_own_simulator(source, mon
                 p.mul_(-1.0)  # a policy that pushes the wrong way everywhere
         return agent.to(dev), {"sim_steps": 0}
 
-    monkeypatch.setattr(adapt_mod, "sim_finetune", broken_finetune)
+    monkeypatch.setattr(hyperrl.adapt.sim, "sim_finetune", broken_finetune)
     # told the true reversed motor: the zero-shot policy is the good one here
     res = adapt_mode(source, "sim", v(TRUE), v(TRUE), episodes, AdaptConfig(), seed=0)
     chk = res.info["sim_check_return"]
@@ -243,8 +250,29 @@ def test_hypernet_mode_keeps_the_family(source):
         after = res.info["_agent"].policy_weights(ctx)
     rel = max(float((after[k] - before[k]).norm() / before[k].norm()) for k in before)
     assert rel < 0.2  # the regulariser keeps the train contexts' weights
-    forget = adapt_mod._forgetting(source, res.info["_agent"], torch.device("cpu"))
+    forget = forgetting(source, res.info["_agent"], torch.device("cpu"))
     assert forget["after"] >= 0.8 * forget["before"], forget
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_scratch_critic_uses_the_runs_activation(activation):
+    """The scratch reference's fresh critic has the activation modules of the run's own
+    critic (built here from a model config, nothing trained)."""
+    import gymnasium as gym
+    from types import SimpleNamespace
+
+    from hyperrl.adapt.references import fresh_policy
+    from hyperrl.agent import HyperAgent
+    from hyperrl.train_config import ModelConfig
+
+    cfg = ModelConfig(activation=activation, hidden_sizes=(8,), embed_sizes=(8,), critic_hidden_sizes=(8, 8))
+    agent = HyperAgent(4, gym.spaces.Discrete(2), 1, cfg)
+    src = SimpleNamespace(agent=agent, dtype=torch.float32, action_space=gym.spaces.Discrete(2))
+    pol, critic = fresh_policy(src, seed=0, device=torch.device("cpu"))
+    acts = lambda net: [type(m) for m in net.modules() if type(m) in (torch.nn.ReLU, torch.nn.Tanh)]  # noqa: E731
+    expected = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[activation]
+    assert acts(critic) == [expected, expected] == acts(agent.critic)
+    assert pol.activation == activation and critic(torch.zeros(5, 4)).shape == (5,)
 
 
 def test_identify_recovers_parameters():
@@ -315,10 +343,39 @@ def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
     assert "already exists" in err
 
 
+def test_help_lists_every_mode_and_reference():
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "hyperrl.adapt", "--help"], capture_output=True, text=True,
+                          env=env, cwd=repo, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no runpy warning about __main__
+    epilog = " ".join(proc.stdout[proc.stdout.index("modes:"):].split())
+    for mode in MODES:
+        assert f"{mode} = " in epilog, (mode, epilog)
+    for ref in REFERENCES:
+        assert ref in epilog, (ref, epilog)
+
+
+def test_curves_figure_gives_every_line_its_own_style():
+    from hyperrl.adapt.report import curves_figure
+    from hyperrl.plots import close_figure
+
+    lines = [*MODES, *REFERENCES]
+    assert len(lines) == 6
+    curves = {ln: [{"budget": b, "return_mean": 10.0 * i + b, "return_std": 1.0} for b in (0, 1, 2)]
+              for i, ln in enumerate(lines)}
+    fig = curves_figure(load_family("cartpole-actuator"), curves, "styles")
+    drawn = {ln.get_label(): (ln.get_color(), ln.get_marker()) for ln in fig.axes[0].get_lines()}
+    close_figure(fig)
+    assert set(drawn) == set(lines)
+    assert len({color for color, _ in drawn.values()}) == 6, drawn
+    assert len({marker for _, marker in drawn.values()}) == 6, drawn
+
+
 def test_budgets_without_zero_still_report_zero_shot(actuator_run, capsys):
     """--budgets 2 (no 0): the zero-shot return is still measured and written (it crashed the
     TensorBoard writer once, after the adaptation had run)."""
-    assert adapt_mod.budgets_for(3, [2]) == [0, 2, 3]
+    assert budgets_for(3, [2]) == [0, 2, 3]
     rc = main_guard(adapt_mod.main)([str(actuator_run), "--values", "force_mag=-10", "--episodes", "2",
                                      "--mode", "weights", "--budgets", "2", "--eval-episodes", "2",
                                      "--no-references", "--name", "nozero"])
@@ -393,3 +450,25 @@ def test_evaluate_adapted_run_defaults_to_its_own_variant(actuator_run, tmp_path
     # chosen values are evaluated as given
     results, _ = evaluate_run(out, values=["force_mag=-11,-12"], episodes=1, backend="batched", write=False)
     assert len(results["variants"]) == 2
+
+
+def test_adapted_run_honours_its_device(actuator_run, monkeypatch):
+    """The adapted policy lives on the device the run is loaded to; ``meta`` (a device no
+    tensor reaches by accident) shows it without CUDA."""
+    res = adapt(actuator_run, TRUE, episodes=1, modes="context", references=False, eval_episodes=1,
+                budgets=[1], name="device")
+    out = Path(res["dirs"]["context"])
+    cpu = AdaptedRun(out, device="cpu")
+    meta = hyperrl.load(out, device="meta")
+    assert isinstance(meta, AdaptedRun)
+    assert (cpu.device, meta.device) == (torch.device("cpu"), torch.device("meta"))
+    for run, dev in ((cpu, "cpu"), (meta, "meta")):
+        assert {w.device.type for w in run.weights_policy.weights.values()} == {dev}
+    assert {k: w.shape for k, w in meta.weights_policy.weights.items()} == \
+        {k: w.shape for k, w in cpu.weights_policy.weights.items()}
+    seen = []
+    monkeypatch.setattr(meta.weights_policy, "actor_factory",
+                        lambda deterministic, seed, device: seen.append(torch.device(device)))
+    meta.actor_factory()  # actors default to the run's device
+    meta.actor_factory(device="cpu")
+    assert seen == [torch.device("meta"), torch.device("cpu")]
