@@ -195,7 +195,7 @@ def main() -> int:
         print("no finished runs to compare")
         return 1
     cmp_out = out / "comparison"
-    proc = subprocess.run([py, "-m", "hyperrl.compare", *map(str, run_dirs), "--out", str(cmp_out)],
+    proc = subprocess.run([py, "-m", "hyperrl.compare", *map(str, run_dirs), "--out", str(cmp_out), "--force"],
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         print(f"hyperrl.compare failed: {proc.stderr.strip()}")

@@ -84,7 +84,7 @@ def ppo_loss(
     with torch.no_grad():
         approx_kl = ((ratio - 1) - logratio).mean()  # Schulman's k3 estimator
         clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
-    if norm_adv:
+    if norm_adv and advantages.numel() > 1:  # one sample has no spread to normalise by
         advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     pg = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)).mean()
     if clip_vloss:

@@ -19,7 +19,7 @@ command line.
 """
 
 from hyperrl.adapt.adapted_run import AdaptedRun, load_adapted_run
-from hyperrl.adapt.budget import BudgetExceeded, EpisodeBudget, Episodes, run_episodes
+from hyperrl.adapt.budget import BudgetExceeded, EpisodeBudget, run_episodes
 from hyperrl.adapt.cli import main
 from hyperrl.adapt.config import DEFAULT_BUDGETS, MODES, REFERENCES, AdaptConfig
 from hyperrl.adapt.evaluation import evaluate_policy
@@ -27,6 +27,7 @@ from hyperrl.adapt.learners import WeightsPolicy
 from hyperrl.adapt.references import adapt_reference
 from hyperrl.adapt.run import adapt, adapt_mode
 from hyperrl.adapt.sysid import Identification, identify
+from hyperrl.episodes import Episodes
 
 __all__ = [
     "MODES",

@@ -99,9 +99,7 @@ class AdaptedRun:
             agent.load_state_dict(self.payload["hypernet"])
         with torch.no_grad():
             w = agent.policy_weights(ctx.reshape(1, -1).to(self.device, src.dtype))
-        log_std = None
-        if not agent.discrete:
-            log_std = agent.log_std if agent.log_std is not None else w["log_std"][0]
+        log_std = agent.log_std_of(w)
         low, high = space_bounds(src.action_space, src.dtype, self.device)
         return WeightsPolicy({k: v for k, v in w.items() if k != "log_std"}, log_std, agent.cfg.activation,
                              agent.discrete, low, high)

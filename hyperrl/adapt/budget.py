@@ -4,11 +4,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from hyperrl.episodes import Episodes, PolicyStep, run_first_episodes
 from hyperrl.errors import HyperrlError
 from hyperrl.families import Family
 
@@ -56,37 +56,6 @@ class EpisodeBudget:
         return f"EpisodeBudget(used {self.used} of {self.total}, {self.env_steps} env steps)"
 
 
-@dataclass
-class Episodes:
-    """``N`` recorded episodes, time-major ``[T, N, ...]``; ``mask`` marks the steps that
-    belong to them (an env that finished early is not observed afterwards)."""
-
-    obs: torch.Tensor  # [T, N, D] float32, as a Gymnasium env returns it
-    actions: torch.Tensor  # [T, N] long or [T, N, A]: as sampled (unclipped)
-    env_actions: torch.Tensor  # as the env received them
-    logp: torch.Tensor  # [T, N]
-    rewards: torch.Tensor  # [T, N] float64
-    terminated: torch.Tensor  # [T, N] bool
-    truncated: torch.Tensor  # [T, N] bool
-    final_obs: torch.Tensor  # [T, N, D] the observation each step reached
-    mask: torch.Tensor  # [T, N] bool
-
-    @property
-    def returns(self) -> torch.Tensor:  # [N]
-        return (self.rewards * self.mask).sum(0)
-
-    @property
-    def lengths(self) -> torch.Tensor:  # [N]
-        return self.mask.sum(0)
-
-    @property
-    def steps(self) -> int:
-        return int(self.mask.sum())
-
-
-PolicyStep = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
 def run_episodes(
     family: Family,
     values: torch.Tensor,  # [P] the variant the episodes run in
@@ -106,30 +75,11 @@ def run_episodes(
     dev = torch.device(device)
     rows = torch.as_tensor(values, dtype=torch.float64).reshape(1, -1).expand(n, -1).contiguous()
     env = make_vec_env(family, n, device=dev, dtype=torch.float64, seed=int(seed))
-    rec: dict[str, list[torch.Tensor]] = {k: [] for k in ("obs", "a", "ea", "lp", "r", "te", "tr", "fo", "m")}
     try:
         obs = env.reset(params=rows.to(dev), seed=int(seed))
-        done = torch.zeros(n, dtype=torch.bool, device=env.device)
-        for _ in range(env.max_episode_steps):
-            o32 = obs.to(torch.float32)
-            action, env_action, logp = policy(o32)
-            out = env.step(env_action)
-            alive = ~done
-            rec["obs"].append(o32)
-            rec["a"].append(action)
-            rec["ea"].append(env_action)
-            rec["lp"].append(logp.to(torch.float32))
-            rec["r"].append(out.reward.to(torch.float64) * alive)
-            rec["te"].append(out.terminated & alive)
-            rec["tr"].append(out.truncated & alive)
-            rec["fo"].append(out.final_obs.to(torch.float32))
-            rec["m"].append(alive)
-            done = done | out.terminated | out.truncated
-            obs = out.obs
-            if bool(done.all()):
-                break
+        # every step checked: the policy's generator is used again by later episodes
+        _, _, eps = run_first_episodes(env, obs, policy, record=True, sync_every=1)
     finally:
         env.close()
-    eps = Episodes(*(torch.stack(rec[k]) for k in ("obs", "a", "ea", "lp", "r", "te", "tr", "fo", "m")))
     budget.add_steps(eps.steps)
     return eps

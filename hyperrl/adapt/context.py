@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from hyperrl.adapt.budget import EpisodeBudget, Episodes, run_episodes
+from hyperrl.adapt.budget import EpisodeBudget, run_episodes
+from hyperrl.episodes import Episodes
 from hyperrl.adapt.config import ADAPT_SEED, AdaptConfig
 from hyperrl.adapt.learners import generated_policy
 from hyperrl.adapt.result import AdaptResult

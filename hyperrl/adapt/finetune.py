@@ -1,5 +1,5 @@
-"""PPO on recorded episodes: the update and the loop that the ``weights`` and ``hypernet``
-modes and both references share. Each update uses ``episodes_per_update`` episodes taken
+"""PPO on recorded episodes (with the trainer's update, :func:`hyperrl.ppo.ppo_update`): the
+loop that the ``weights`` and ``hypernet`` modes and both references share. Each update uses ``episodes_per_update`` episodes taken
 from the budget; with identification on, the first batch identifies the parameters and the
 learner restarts from them when the belief changes."""
 
@@ -10,19 +10,23 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from hyperrl.adapt.budget import EpisodeBudget, Episodes, run_episodes
+from hyperrl.adapt.budget import EpisodeBudget, run_episodes
 from hyperrl.adapt.config import ADAPT_SEED, AdaptConfig
 from hyperrl.adapt.learners import Learner
 from hyperrl.adapt.sysid import identify, mismatch
+from hyperrl.episodes import Episodes
+from hyperrl.errors import HyperrlError
 from hyperrl.families import Family
-from hyperrl.ppo import gae, ppo_loss
+from hyperrl.ppo import LossOut, NonFiniteUpdate, gae, ppo_loss, ppo_update
 
 
-def ppo_update(learner: Learner, eps: Episodes, optimizer: torch.optim.Optimizer,
-               groups: list[list[nn.Parameter]], cfg: AdaptConfig, gamma: float, lam: float,
-               reward_scale: float, gen: torch.Generator) -> dict[str, float]:
-    """One PPO update (``update_epochs`` epochs of minibatches) on the recorded episodes.
-    A time-limit truncation bootstraps from ``V(final_obs)``; a termination does not."""
+def finetune_update(learner: Learner, eps: Episodes, optimizer: torch.optim.Optimizer,
+                    groups: list[list[nn.Parameter]], cfg: AdaptConfig, gamma: float, lam: float,
+                    reward_scale: float, gen: torch.Generator) -> dict[str, float]:
+    """One PPO update (:func:`hyperrl.ppo.ppo_update`, the trainer's) on the recorded
+    episodes: ``update_epochs`` epochs of minibatches of ``minibatch_size`` steps. A
+    time-limit truncation bootstraps from ``V(final_obs)``; a termination does not. The
+    learner's extra loss (the hypernet mode's regulariser) is added to every minibatch's."""
     t_len, n = eps.mask.shape
     flat = lambda x: x.reshape(t_len * n, *x.shape[2:])  # noqa: E731
     with torch.no_grad():
@@ -37,38 +41,32 @@ def ppo_update(learner: Learner, eps: Episodes, optimizer: torch.optim.Optimizer
     b_act = flat(eps.actions).to(v.device)[idx]
     b_logp = flat(eps.logp).to(v.device)[idx].to(torch.float64)
     b_adv, b_ret, b_v = flat(adv)[idx], flat(ret)[idx], flat(v)[idx]
+    # Advantages are normalised once over the whole update batch, not per minibatch as in
+    # training: a batch here is a few short episodes, and minibatches of 64 of them give
+    # noisy statistics (training's minibatches hold thousands of steps).
     if cfg.norm_adv and b_adv.numel() > 1:
         b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
-    b = int(idx.numel())
-    stats: dict[str, list[float]] = {"policy": [], "value": [], "approx_kl": [], "extra": []}
-    for _ in range(cfg.update_epochs):
-        perm = torch.randperm(b, generator=gen).to(v.device)
-        kls = []
-        for mb in perm.split(cfg.minibatch_size):
-            d = learner.dist(b_obs[mb])
-            new_logp = d.log_prob(b_act[mb]).to(torch.float64)
-            ent = d.entropy()
-            ent = ent.to(torch.float64) if ent.dim() else ent.expand(mb.numel()).to(torch.float64)
-            new_v = learner.value(b_obs[mb]).to(torch.float64)
-            lo = ppo_loss(new_logp, b_logp[mb], b_adv[mb], new_v, b_v[mb], b_ret[mb], ent, cfg.clip_coef,
-                          cfg.vf_coef, cfg.ent_coef, clip_vloss=False, norm_adv=False)
-            loss = lo.loss
-            extra = learner.extra_loss()
-            if extra is not None:
-                loss = loss + extra.to(loss.dtype)
-                stats["extra"].append(float(extra.detach()))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for g in groups:
-                torch.nn.utils.clip_grad_norm_(g, cfg.max_grad_norm)
-            optimizer.step()
-            kls.append(float(lo.approx_kl))
-            stats["policy"].append(float(lo.policy.detach()))
-            stats["value"].append(float(lo.value.detach()))
-        stats["approx_kl"].append(sum(kls) / len(kls))
-        if cfg.target_kl is not None and stats["approx_kl"][-1] > cfg.target_kl:
-            break
-    return {k: (sum(x) / len(x) if x else float("nan")) for k, x in stats.items()}
+    extras: list[torch.Tensor] = []
+
+    def loss(mb: torch.Tensor) -> LossOut:
+        d = learner.dist(b_obs[mb])
+        new_logp = d.log_prob(b_act[mb]).to(torch.float64)
+        ent = d.entropy()
+        ent = ent.to(torch.float64) if ent.dim() else ent.expand(mb.numel()).to(torch.float64)
+        new_v = learner.value(b_obs[mb]).to(torch.float64)
+        lo = ppo_loss(new_logp, b_logp[mb], b_adv[mb], new_v, b_v[mb], b_ret[mb], ent, cfg.clip_coef,
+                      cfg.vf_coef, cfg.ent_coef, clip_vloss=False, norm_adv=False)
+        extra = learner.extra_loss()
+        if extra is not None:
+            lo.loss = lo.loss + extra.to(lo.loss.dtype)
+            extras.append(extra.detach())
+        return lo
+
+    stats = ppo_update(loss, optimizer, groups, int(idx.numel()), cfg.minibatch_size, cfg.update_epochs,
+                       cfg.max_grad_norm, cfg.target_kl, v.device, generator=gen)
+    out = {key: float(stats[key].mean()) for key in ("policy", "value", "approx_kl")}
+    out["extra"] = float(torch.stack(extras).mean()) if extras else float("nan")
+    return out
 
 
 def _make_optimizer(learner: Learner) -> tuple[torch.optim.Optimizer, list[list[nn.Parameter]]]:
@@ -112,7 +110,11 @@ def ppo_loop(make_learner: Callable[[torch.Tensor], Learner], belief: torch.Tens
                     info["restarted_from_identified"] = True
                     continue  # that batch came from another policy: identification only
         first = False
-        ppo_update(learner, eps, opt, groups, cfg, gamma, lam, reward_scale, gen)
+        try:
+            finetune_update(learner, eps, opt, groups, cfg, gamma, lam, reward_scale, gen)
+        except NonFiniteUpdate:
+            raise HyperrlError(f"{label}: the PPO update diverged (non-finite loss or weights) after "
+                               f"{info['updates']} update(s); try a lower --set lr") from None
         info["updates"] += 1
     return learner, info
 

@@ -18,7 +18,7 @@ from hyperrl.adapt.budget import PolicyStep
 from hyperrl.adapt.config import AdaptConfig
 from hyperrl.episodes import Actor, ActorFactory
 from hyperrl.hypernet import functional_mlp
-from hyperrl.ppo import Categorical, DiagGaussian
+from hyperrl.ppo import Categorical, DiagGaussian, clip_action
 
 
 def _head(discrete: bool, out: torch.Tensor, log_std: torch.Tensor | None):
@@ -29,7 +29,15 @@ def _head(discrete: bool, out: torch.Tensor, log_std: torch.Tensor | None):
 
 
 class _Acting:
-    """``step_fn`` for anything with ``dist(obs)`` and ``env_action(a)``."""
+    """``env_action`` and ``step_fn`` for anything with ``dist(obs)``, ``discrete`` and the
+    action space's bounds ``low`` / ``high`` (None for discrete actions)."""
+
+    discrete: bool
+    low: torch.Tensor | None
+    high: torch.Tensor | None
+
+    def env_action(self, a: torch.Tensor) -> torch.Tensor:
+        return a if self.discrete else clip_action(a, self.low, self.high)
 
     def step_fn(self, deterministic: bool, gen: torch.Generator | None) -> PolicyStep:
         def step(obs: torch.Tensor):
@@ -45,17 +53,17 @@ class WeightsPolicy(_Acting):
     """One variant's policy as generated-MLP weights (each ``[1, ...]``) plus its log-std."""
 
     def __init__(self, weights: Mapping[str, torch.Tensor], log_std: torch.Tensor | None, activation: str,
-                 discrete: bool, act_low: torch.Tensor | None = None, act_high: torch.Tensor | None = None):
+                 discrete: bool, low: torch.Tensor | None = None, high: torch.Tensor | None = None):
         self.weights = {k: v.detach() for k, v in weights.items()}
         self.log_std = None if log_std is None else log_std.detach().reshape(-1)
         self.activation = activation
         self.discrete = discrete
-        self.act_low, self.act_high = act_low, act_high
+        self.low, self.high = low, high
 
     def to(self, device: torch.device | str) -> "WeightsPolicy":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return WeightsPolicy({k: v.to(device) for k, v in self.weights.items()}, mv(self.log_std),
-                             self.activation, self.discrete, mv(self.act_low), mv(self.act_high))
+                             self.activation, self.discrete, mv(self.low), mv(self.high))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -64,11 +72,6 @@ class WeightsPolicy(_Acting):
     def dist(self, obs: torch.Tensor):
         out = functional_mlp(self.weights, obs.to(self.dtype).unsqueeze(0), self.activation)[0]
         return _head(self.discrete, out, self.log_std)
-
-    def env_action(self, a: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            return a
-        return torch.max(torch.min(a, self.act_high.to(a)), self.act_low.to(a))
 
     def actor_factory(self, deterministic: bool = True, seed: int = 0,
                       device: torch.device | str = "cpu") -> ActorFactory:
@@ -105,19 +108,16 @@ def generated_policy(source: Any, values: torch.Tensor, device: torch.device | s
     ctx = source.family.context(torch.as_tensor(values, dtype=torch.float64).reshape(1, -1)).to(dev, source.dtype)
     with torch.no_grad():
         w = agent.policy_weights(ctx)
-    log_std = None
-    if not agent.discrete:
-        log_std = agent.log_std if agent.log_std is not None else w["log_std"][0]
+    log_std = agent.log_std_of(w)
     low, high = space_bounds(source.action_space, source.dtype, dev)
     return WeightsPolicy({k: v for k, v in w.items() if k != "log_std"}, log_std, agent.cfg.activation,
                          agent.discrete, low, high)
 
 
-class Learner:
+class Learner(_Acting):
     """What the PPO loop needs: a distribution and a value per observation, parameter
     groups with their learning rates, an optional extra loss, and the current policy."""
 
-    discrete: bool
     dtype: torch.dtype
 
     def dist(self, obs: torch.Tensor) -> Any: ...
@@ -128,11 +128,6 @@ class Learner:
 
     def extra_loss(self) -> torch.Tensor | None:
         return None
-
-    def env_action(self, a: torch.Tensor) -> torch.Tensor:
-        return a
-
-    step_fn = _Acting.step_fn
 
 
 class ValueAt(nn.Module):
@@ -173,7 +168,7 @@ class WeightsLearner(Learner):
         self.log_std = None if policy.log_std is None else nn.Parameter(policy.log_std.detach().clone())
         self.critic = critic
         self.activation, self.discrete = policy.activation, policy.discrete
-        self.low, self.high = policy.act_low, policy.act_high
+        self.low, self.high = policy.low, policy.high
         self.dtype = policy.dtype
         self.lr, self.critic_lr = lr, critic_lr
 
@@ -184,11 +179,6 @@ class WeightsLearner(Learner):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.critic(obs.to(self.dtype))
-
-    def env_action(self, a: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            return a
-        return torch.max(torch.min(a, self.high.to(a)), self.low.to(a))
 
     def param_groups(self):
         actor = self.w + ([self.log_std] if self.log_std is not None else [])
@@ -229,15 +219,10 @@ class HypernetLearner(Learner):
     def _weights(self) -> dict[str, torch.Tensor]:
         return self.agent.policy_weights(self.context)
 
-    def _log_std(self, w: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        if self.discrete:
-            return None
-        return self.agent.log_std if self.agent.log_std is not None else w["log_std"][0]
-
     def dist(self, obs: torch.Tensor):
         w = self._weights()
         out = functional_mlp(w, obs.to(self.dtype).unsqueeze(0), self.agent.cfg.activation)[0]
-        return _head(self.discrete, out, self._log_std(w))
+        return _head(self.discrete, out, self.agent.log_std_of(w))
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         obs = obs.to(self.dtype)
@@ -246,11 +231,6 @@ class HypernetLearner(Learner):
             return self.agent.critic(torch.cat([obs, ctx], -1)).squeeze(-1)
         cw = self.agent.critic_weights(self.context)
         return functional_mlp(cw, obs.unsqueeze(0), self.agent.cfg.activation)[0].squeeze(-1)
-
-    def env_action(self, a: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            return a
-        return torch.max(torch.min(a, self.high.to(a)), self.low.to(a))
 
     def extra_loss(self) -> torch.Tensor | None:
         if self.cfg.reg_coef <= 0:
@@ -274,7 +254,7 @@ class HypernetLearner(Learner):
     def policy(self) -> WeightsPolicy:
         with torch.no_grad():
             w = self._weights()
-        return WeightsPolicy({k: v for k, v in w.items() if k != "log_std"}, self._log_std(w),
+        return WeightsPolicy({k: v for k, v in w.items() if k != "log_std"}, self.agent.log_std_of(w),
                              self.agent.cfg.activation, self.discrete, self.low, self.high)
 
 
@@ -331,11 +311,6 @@ class SB3Learner(Learner):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return self.policy_module.predict_values(obs.to(self.device, torch.float32)).squeeze(-1)
-
-    def env_action(self, a: torch.Tensor) -> torch.Tensor:
-        if self.discrete:
-            return a
-        return torch.max(torch.min(a, self.high.to(a)), self.low.to(a))
 
     def step_fn(self, deterministic: bool, gen: torch.Generator | None) -> PolicyStep:
         if getattr(self.policy_module, "use_sde", False):

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from hyperrl.adapt.budget import Episodes
+from hyperrl.episodes import Episodes
 from hyperrl.families import Family
 
 
