@@ -83,6 +83,16 @@ class AdaptedRun:
             return (self.run_dir / rel).resolve()
         return Path(self.run_info.get("source_run_abs", ""))
 
+    def source_checkpoint(self) -> str:
+        """The source run's checkpoint the adaptation started from: the recorded path, or,
+        when the run dirs have moved since, the checkpoint of the same name in the source run."""
+        recorded = self.payload.get("source_checkpoint")
+        if not recorded:
+            return "best"
+        if Path(recorded).is_file():
+            return str(recorded)
+        return Path(recorded).stem if Path(recorded).stem in ("best", "latest") else str(recorded)
+
     def regenerate(self) -> WeightsPolicy:
         """Context / hypernet / sim mode: the policy re-derived from the source run (context
         mode) or the saved hypernetwork (hypernet and sim modes) at the saved context, on the
@@ -92,7 +102,7 @@ class AdaptedRun:
         ctx = self.payload.get("context")
         if ctx is None:
             raise HyperrlError(f"{self.run_dir}: a '{self.mode}' adapted run has no context to regenerate from")
-        src = HyperRun(self.source_dir(), checkpoint=self.payload.get("source_checkpoint") or "best")
+        src = HyperRun(self.source_dir(), checkpoint=self.source_checkpoint())
         agent = src.agent_on(self.device)
         if self.mode in ("hypernet", "sim") and self.payload.get("hypernet") is not None:
             agent = copy.deepcopy(agent)
