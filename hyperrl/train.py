@@ -289,6 +289,23 @@ def minibatch_loss(agent: HyperAgent, rollout: Rollout, targets: Targets, ppo: P
     return loss
 
 
+def log_update(writer: Any, step: int, stats: dict[str, torch.Tensor], targets: Targets, lr: float,
+               episodes: EpisodeTracker, steps_per_second: float) -> tuple[float, float] | None:
+    """TensorBoard ``losses/...`` and ``charts/...`` of one update; returns the mean return and
+    length of the episodes that finished in its rollout (None if none did)."""
+    for key, v in stats.items():
+        writer.add_scalar(f"losses/{key}", float(v.mean()), step)
+    writer.add_scalar("losses/explained_variance",
+                      explained_variance(targets.values.flatten(), targets.returns.flatten()), step)
+    writer.add_scalar("charts/learning_rate", lr, step)
+    finished = episodes.finished_means()
+    if finished is not None:
+        writer.add_scalar("charts/episode_return", finished[0], step)
+        writer.add_scalar("charts/episode_length", finished[1], step)
+    writer.add_scalar("charts/steps_per_second", steps_per_second, step)
+    return finished
+
+
 # --------------------------------------------------------------------------------------------
 # Held-out evaluation
 # --------------------------------------------------------------------------------------------
@@ -507,18 +524,9 @@ def train(
                                            f"checkpoint is {ckpt.latest_path}") from None
 
             # -- logging: one host sync per update --
-            for key, v in stats.items():
-                writer.add_scalar(f"losses/{key}", float(v.mean()), step)
-            writer.add_scalar("losses/explained_variance",
-                              explained_variance(targets.values.flatten(), targets.returns.flatten()), step)
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], step)
-            finished = episodes.finished_means()
-            if finished is not None:
-                recent_return = finished[0]
-                writer.add_scalar("charts/episode_return", finished[0], step)
-                writer.add_scalar("charts/episode_length", finished[1], step)
             sps = (step - steps_at_loop) / max(time.perf_counter() - t_loop - eval_seconds, 1e-9)
-            writer.add_scalar("charts/steps_per_second", sps, step)
+            finished = log_update(writer, step, stats, targets, optimizer.param_groups[0]["lr"], episodes, sps)
+            recent_return = finished[0] if finished is not None else recent_return
             bar.update(min(step, cfg.total_steps) - bar.n)
             bar.set_postfix_str(f"{sps:,.0f} steps/s, return {recent_return:.1f}", refresh=False)
 

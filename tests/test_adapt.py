@@ -27,7 +27,7 @@ import hyperrl.sim
 from hyperrl import adapt as adapt_mod
 from hyperrl.adapt import (MODES, REFERENCES, AdaptConfig, AdaptedRun, BudgetExceeded, EpisodeBudget, adapt,
                            adapt_mode, adapt_reference, evaluate_policy, identify, run_episodes)
-from hyperrl.adapt.evaluation import forgetting
+from hyperrl.adapt.scoring import forgetting
 from hyperrl.adapt.learners import generated_policy
 from hyperrl.adapt.run import budgets_for
 from hyperrl.cli import main_guard

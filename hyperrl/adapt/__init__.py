@@ -13,7 +13,7 @@ Adaptation section is the manual. Modes (``all`` runs the four):
 References on the same budgets: ``scratch`` and ``dr-finetune`` (:mod:`hyperrl.adapt.references`).
 Shared parts: settings and seeds (``config``), the budget and episode collection
 (``budget``), system identification (``sysid``), policies and learners (``learners``), PPO on
-recorded episodes (``finetune``), evaluation (``evaluation``); :mod:`hyperrl.adapt.run`
+recorded episodes (``finetune``), scoring adapted policies (``scoring``); :mod:`hyperrl.adapt.run`
 orchestrates, ``report`` writes the output folder, ``adapted_run`` loads it, ``cli`` is the
 command line.
 """
@@ -22,7 +22,7 @@ from hyperrl.adapt.adapted_run import AdaptedRun, load_adapted_run
 from hyperrl.adapt.budget import BudgetExceeded, EpisodeBudget, run_episodes
 from hyperrl.adapt.cli import main
 from hyperrl.adapt.config import DEFAULT_BUDGETS, MODES, REFERENCES, AdaptConfig
-from hyperrl.adapt.evaluation import evaluate_policy
+from hyperrl.adapt.scoring import evaluate_policy
 from hyperrl.adapt.learners import WeightsPolicy
 from hyperrl.adapt.references import adapt_reference
 from hyperrl.adapt.run import adapt, adapt_mode

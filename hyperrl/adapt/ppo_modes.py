@@ -4,7 +4,7 @@
 fine-tuned with the run's critic at the believed context. ``hypernet``: a copy of the
 hypernetwork and critic is fine-tuned, plus ``reg_coef`` x an L2 penalty toward the
 pre-trained hypernetwork's outputs on train contexts, so the rest of the family is kept
-(:func:`hyperrl.adapt.evaluation.forgetting` measures it).
+(:func:`hyperrl.adapt.scoring.forgetting` measures it).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 from hyperrl.adapt.budget import EpisodeBudget
 from hyperrl.adapt.config import DEFAULT_BUDGETS, EVAL_SEED, MODES, AdaptConfig
 from hyperrl.adapt.context import context_adapt, prior_values
-from hyperrl.adapt.evaluation import evaluate_policy, forgetting
+from hyperrl.adapt.scoring import evaluate_policy, forgetting
 from hyperrl.adapt.ppo_modes import ppo_mode_adapt
 from hyperrl.adapt.references import adapt_reference
 from hyperrl.adapt.report import default_name, write_adapted

@@ -19,7 +19,7 @@ import torch
 
 from hyperrl.adapt.budget import EpisodeBudget, run_episodes
 from hyperrl.adapt.config import ADAPT_SEED, SIM_CHECK_SEED, AdaptConfig
-from hyperrl.adapt.evaluation import evaluate_policy
+from hyperrl.adapt.scoring import evaluate_policy
 from hyperrl.adapt.learners import generated_policy
 from hyperrl.adapt.result import AdaptResult
 from hyperrl.adapt.sysid import identify, mismatch
