@@ -282,10 +282,10 @@ def step_train(ctx: Ctx) -> list[Result]:
 
 # ---- 3. host-device syncs ----------------------------------------------------------------
 def loop_lines(fn: Callable[..., Any]) -> tuple[int, int] | None:
-    """First and last line of the training loop (``while update < num_updates:``) in ``fn``."""
+    """First and last line of the training loop (the ``while ... < num_updates:`` statement) in ``fn``."""
     lines, start = inspect.getsourcelines(fn)
     for i, text in enumerate(lines):
-        if re.match(r"\s*while\s+update\s*<\s*num_updates\s*:", text):
+        if re.match(r"\s*while\s.*<\s*num_updates\s*:", text):
             indent = len(text) - len(text.lstrip())
             for j in range(i + 1, len(lines)):
                 s = lines[j]
@@ -298,8 +298,9 @@ def loop_lines(fn: Callable[..., Any]) -> tuple[int, int] | None:
 class SyncRecorder:
     """Counts torch's sync-debug warnings, each attributed to a phase of ``hyperrl.train.train``.
 
-    The phase comes from the Python stack at the warning: inside ``run_eval`` -> ``eval``; in
-    ``payload`` or ``hyperrl/checkpoint.py`` -> ``checkpoint``; otherwise the line ``train``
+    The phase comes from the Python stack at the warning: inside ``evaluate_heldout`` or
+    ``log_heldout`` -> ``eval``; in ``payload``, ``checkpoint_payload`` or
+    ``hyperrl/checkpoint.py`` -> ``checkpoint``; otherwise the line ``train``
     is on: before the loop -> ``setup``, in it -> ``loop``, after it -> ``teardown``; no
     ``train`` frame -> ``other`` (argument parsing, config). A stack is needed because
     ``warnings.catch_warnings(record=True)`` keeps only the innermost line, and most syncs
@@ -326,10 +327,10 @@ class SyncRecorder:
             code = f.f_code
             if code.co_filename.startswith(self.package_dir) and site is None:
                 site = f"{Path(code.co_filename).name}:{f.f_lineno} ({code.co_name})"
-            if code.co_name == "run_eval" and code.co_filename == self.train_file:
+            if code.co_name in ("evaluate_heldout", "log_heldout") and code.co_filename == self.train_file:
                 phase = "eval"
                 break
-            if (code.co_name == "payload" and code.co_filename == self.train_file) \
+            if (code.co_name in ("payload", "checkpoint_payload") and code.co_filename == self.train_file) \
                     or code.co_filename == self.checkpoint_file:
                 phase = "checkpoint"
                 break
