@@ -13,7 +13,7 @@ import helpers
 import pytest
 import torch
 
-import hyperrl.runs as api
+from hyperrl.runs import LoadedRun, load
 from hyperrl.baselines import BaselineRun, main as baselines_main, select_variants
 from hyperrl.cli import main_guard
 from hyperrl.compare import aggregate, iqm, main as compare_main, stratified_bootstrap_ci
@@ -112,8 +112,8 @@ def test_shared_run_dir_layout_and_load(runs, method):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["env_steps"] == 512 and metrics["wall_clock_s"] > 0 and metrics["seed"] == 0
     assert len(metrics["heldout"]) == 18
-    loaded = api.load(run)
-    assert isinstance(loaded, BaselineRun) and isinstance(loaded, api.LoadedRun)
+    loaded = load(run)
+    assert isinstance(loaded, BaselineRun) and isinstance(loaded, LoadedRun)
     assert loaded.method == method and loaded.family.name == FAMILY and loaded.info == metrics
     assert loaded.run_dir == run
     # the loader's actor reproduces the run's own final evaluation
@@ -128,7 +128,7 @@ def test_shared_run_dir_layout_and_load(runs, method):
 
 
 def test_concat_observation_includes_context(runs):
-    dr, concat = api.load(runs["dr"]), api.load(runs["concat"])
+    dr, concat = load(runs["dr"]), load(runs["concat"])
     fam = concat.family
     assert dr.model.observation_space.shape == (4,)
     assert concat.model.observation_space.shape == (4 + fam.context_dim,)
@@ -158,7 +158,7 @@ def test_oracle_run_dir_and_lookup(runs):
     assert metrics["eval_interpolation_return"] is None and metrics["eval_extrapolation_return"] is not None
     assert [v["values"]["masspole"] for v in metrics["variants"]] == [0.01, 1.0]
 
-    oracle = api.load(run)
+    oracle = load(run)
     fam = oracle.family
     vals = torch.tensor([[1.0], [0.01], [1.0 * (1 + 1e-12)]], dtype=torch.float64)  # within 1e-9 relative
     assert oracle.model_index(vals) == [1, 0, 1]
@@ -189,16 +189,16 @@ def test_missing_or_corrupt_model(runs, tmp_path):
     shutil.copytree(runs["dr"], run)
     (run / "model.zip").write_bytes(b"not a zip file")
     with pytest.raises(HyperrlError) as e:
-        api.load(run)
+        load(run)
     assert "corrupt" in str(e.value) and "\n" not in str(e.value)
     (run / "model.zip").unlink()
     with pytest.raises(HyperrlError, match="model.zip is missing"):
-        api.load(run)
+        load(run)
     oracle = tmp_path / "oracle"
     shutil.copytree(runs["oracle"], oracle)
     (oracle / "models" / "1.zip").unlink()
     with pytest.raises(HyperrlError, match="1.zip is missing"):
-        api.load(oracle)
+        load(oracle)
 
 
 def test_continuous_actions_pendulum(tmp_path):
@@ -207,7 +207,7 @@ def test_continuous_actions_pendulum(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["hyperparams"]["use_sde"] is True and info["hyperparams"]["n_steps"] == 64
     assert "--set" in info["hyperparams_source"]
-    loaded = api.load(run)
+    loaded = load(run)
     fam = loaded.family
     vals = fam.heldout_values("extrapolation")[:4]
     det = evaluate_values(loaded.actor_factory(), fam, vals, 1, seed=0)

@@ -33,7 +33,7 @@ from hyperrl.runs import read_run_info
 def adapt_mode(source: Any, mode: str, env_values: torch.Tensor, given_values: torch.Tensor | None,
                episodes: int, cfg: AdaptConfig | None = None, seed: int = 0,
                device: torch.device | str = "cpu", world: Family | None = None) -> AdaptResult:
-    """Adapt the frozen run ``source`` (a :class:`hyperrl.policy.HyperRun`) to the variant
+    """Adapt the frozen run ``source`` (a :class:`hyperrl.hyperrun.HyperRun`) to the variant
     ``env_values`` with exactly ``episodes`` episodes. ``given_values`` is what the adapter is
     told (``None``: hidden). ``world``: the family whose env the episodes run in, when it is
     not the run's own (a model error no parameter value absorbs; see :func:`adapt`)."""
