@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 
+from hyperrl.errors import FamilyError
 from hyperrl.families import list_families, load_family
 from hyperrl.sim import make_vec_env
 from hyperrl.sim.base import BatchedSim
@@ -328,9 +329,20 @@ def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nu
 
 
 def test_unknown_attribute_is_refused():
-    from hyperrl.errors import FamilyError
-
     with pytest.raises(FamilyError, match="cannot vary 'total_mass'"):
         BatchedCartPole(2, ("total_mass",))
     with pytest.raises(FamilyError, match="cannot vary 'LINK_MASS_1'"):
         BatchedPendulum(2, ("LINK_MASS_1",))
+
+
+def test_cartpole_derived_must_match_what_the_sim_recomputes():
+    """CartPole's sim computes total_mass and polemass_length itself at every step: a family
+    deriving them the same way (any spelling) is accepted, another formula is refused."""
+    BatchedCartPole(2, ("masspole",), derived={"total_mass": "masscart + masspole",
+                                               "polemass_length": "length * masspole"})
+    with pytest.raises(FamilyError, match="computes total_mass = masspole \\+ masscart .* differs"):
+        BatchedCartPole(2, ("masspole",), derived={"total_mass": "masspole + 2 * masscart"})
+    sim = BatchedCartPole(2, ("force_mag",), derived={"tau": "0.002 * force_mag"})  # an attribute it models
+    assert sim.varies("tau")
+    sim.reset(params=torch.tensor([[10.0], [5.0]]))
+    assert torch.allclose(sim.attr("tau", sim.params), torch.tensor([0.02, 0.01]))

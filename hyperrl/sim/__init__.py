@@ -54,6 +54,7 @@ def make_vec_env(
             constants=family.constants(),
             max_episode_steps=family.max_episode_steps,
             seed=seed,
+            derived=family.derived,
         )
     from hyperrl.sim.generic import GymnasiumVecEnv
 
