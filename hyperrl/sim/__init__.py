@@ -16,6 +16,7 @@ __all__ = ["BATCHED_SIMS", "BatchedSim", "StepOut", "VecEnv", "make_vec_env", "b
 BATCHED_SIMS = {
     "cartpole": "hyperrl.sim.cartpole:BatchedCartPole",
     "pendulum": "hyperrl.sim.pendulum:BatchedPendulum",
+    "acrobot": "hyperrl.sim.acrobot:BatchedAcrobot",
 }
 BACKENDS = ("auto", "batched", "gymnasium")
 
