@@ -93,19 +93,22 @@ def _check_expr(expr: str, where: str) -> ast.Expression:
     return tree
 
 
-def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any]) -> Any:
+def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any],
+               const: Callable[[float], Any] = float) -> Any:
     """The value of a checked expression, names read through ``lookup``.
 
     Numbers are floats: the attributes are physical quantities, and a float overflows
     (an error the caller reports) where an int power such as ``9 ** 9 ** 9`` grows
-    without bound.
+    without bound. ``const`` turns each number into the operand type (a batched simulator
+    passes 0-dim tensors: torch computes ``float / tensor`` as reciprocal-then-multiply,
+    which rounds differently from the division ``Family.apply`` does).
     """
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
             return ev(node.body)
         if isinstance(node, ast.Constant):
-            return float(node.value)
+            return const(float(node.value))
         if isinstance(node, ast.Name):
             return lookup(node.id)
         if isinstance(node, ast.BinOp):

@@ -36,6 +36,7 @@ from hyperrl.evaluate import main, run_evaluation
 from hyperrl.hypernet import functional_mlp
 from hyperrl.hyperrun import HyperRun
 from hyperrl.policy import GeneratedPolicy
+from hyperrl.sim.acrobot import BatchedAcrobot
 from hyperrl.sim.cartpole import BatchedCartPole
 from hyperrl.sim.pendulum import BatchedPendulum
 
@@ -95,7 +96,8 @@ def real_observations(family, values, policy: GeneratedPolicy, n: int = 300) -> 
 # --------------------------------------------------------------------------------------
 # The batched sims start from Gymnasium's initial states
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls, env_id", [(BatchedCartPole, "CartPole-v1"), (BatchedPendulum, "Pendulum-v1")])
+@pytest.mark.parametrize("cls, env_id", [(BatchedCartPole, "CartPole-v1"), (BatchedPendulum, "Pendulum-v1"),
+                                         (BatchedAcrobot, "Acrobot-v1")])
 def test_gymnasium_initial_states_match_gymnasium(cls, env_id):
     states = cls.gymnasium_initial_states(seed=11, n=4)
     assert states.dtype == torch.float64 and states.shape == (4, cls.STATE_DIM)

@@ -1,6 +1,11 @@
-"""The generic gymnasium.vector backend (hyperrl.sim.generic.GymnasiumVecEnv)."""
+"""The generic gymnasium.vector backend (hyperrl.sim.generic.GymnasiumVecEnv).
+
+Mostly on acrobot-links, which has a batched simulator too: every test here forces
+``backend="gymnasium"``, so it exercises gymnasium.vector, not the batched sim."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ import yaml
 from hyperrl.errors import FamilyError
 from hyperrl.families import builtin_families_dir, load_family
 from hyperrl.sim import make_vec_env
+from hyperrl.sim.acrobot import BatchedAcrobot
 from hyperrl.sim.generic import GymnasiumVecEnv
 
 A = [1.0, 1.0, 1.0]
@@ -43,21 +49,31 @@ def actions(n: int, steps: int, high: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_make_vec_env_picks_generic_backend(acrobot):
-    vec = make_vec_env(acrobot, 2)
+    """``backend='gymnasium'`` forces gymnasium.vector on a family with a batched simulator
+    (acrobot-links: ``auto`` picks its batched sim); ``auto`` picks gymnasium.vector for a
+    family without one, where ``batched`` is refused."""
+    vec = make_vec_env(acrobot, 2, backend="gymnasium")
     try:
         assert isinstance(vec, GymnasiumVecEnv)
         assert vec.vectorization == "sync"
     finally:
         vec.close()
+    assert isinstance(make_vec_env(acrobot, 2), BatchedAcrobot)
+    unbatched = dataclasses.replace(acrobot, batched=None)
+    vec = make_vec_env(unbatched, 2)
+    try:
+        assert isinstance(vec, GymnasiumVecEnv)
+    finally:
+        vec.close()
     with pytest.raises(FamilyError, match="no batched simulator"):
-        make_vec_env(acrobot, 2, backend="batched")
+        make_vec_env(unbatched, 2, backend="batched")
     with pytest.raises(FamilyError, match="unknown vectorization"):
         GymnasiumVecEnv(acrobot, 2, vectorization="threads")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shapes_dtypes_device(acrobot, dtype):
-    vec = make_vec_env(acrobot, 3, dtype=dtype, seed=0)
+    vec = make_vec_env(acrobot, 3, dtype=dtype, seed=0, backend="gymnasium")
     try:
         assert vec.num_envs == 3 and vec.param_names == acrobot.param_names
         assert vec.device == torch.device("cpu") and vec.dtype == dtype
@@ -82,7 +98,7 @@ def test_shapes_dtypes_device(acrobot, dtype):
 
 
 def test_params_really_applied(acrobot):
-    vec = make_vec_env(acrobot, 3, seed=0)
+    vec = make_vec_env(acrobot, 3, seed=0, backend="gymnasium")
     try:
         assert vec.get_attr("LINK_MASS_1") == (1.0, 1.0, 1.0)  # Gymnasium's defaults
         vec.reset(params=rows(A, B, C))
@@ -102,7 +118,7 @@ def test_params_really_applied(acrobot):
 
 def test_same_seed_different_params_diverge(acrobot):
     """Two vec envs, same seed: env 0 (same params) stays identical, env 1 diverges."""
-    v1, v2 = make_vec_env(acrobot, 2), make_vec_env(acrobot, 2)
+    v1, v2 = make_vec_env(acrobot, 2, backend="gymnasium"), make_vec_env(acrobot, 2, backend="gymnasium")
     try:
         o1 = v1.reset(params=rows(A, A), seed=11)
         o2 = v2.reset(params=rows(A, B), seed=11)
@@ -118,7 +134,7 @@ def test_same_seed_different_params_diverge(acrobot):
 
 
 def test_reset_seeds_env_i_with_seed_plus_i(acrobot):
-    vec = make_vec_env(acrobot, 3)
+    vec = make_vec_env(acrobot, 3, backend="gymnasium")
     try:
         obs = vec.reset(seed=5).numpy()
         for i in range(3):
@@ -129,7 +145,7 @@ def test_reset_seeds_env_i_with_seed_plus_i(acrobot):
         assert torch.equal(vec.reset(seed=5), torch.from_numpy(obs))
     finally:
         vec.close()
-    v1, v2 = make_vec_env(acrobot, 2, seed=3), make_vec_env(acrobot, 2)
+    v1, v2 = make_vec_env(acrobot, 2, seed=3, backend="gymnasium"), make_vec_env(acrobot, 2, backend="gymnasium")
     try:  # the constructor's seed seeds the first reset
         assert torch.equal(v1.reset(), v2.reset(seed=3))
     finally:
@@ -141,7 +157,7 @@ def test_truncation_same_step_autoreset_matches_gymnasium(short_acrobot):
     """At the time limit: truncated, final_obs is the last obs of the episode, obs is
     already the first obs of the next one (the sub-env's RNG continues, no reseed)."""
     fam = short_acrobot
-    vec = make_vec_env(fam, 2)
+    vec = make_vec_env(fam, 2, backend="gymnasium")
     refs = [fam.make_env(A), fam.make_env(B)]
     try:
         assert vec.max_episode_steps == 5
@@ -199,7 +215,7 @@ def test_termination_flags_cartpole():
 def test_next_params_taken_at_reset(short_acrobot):
     """next_params is taken only when an env resets, and before its new episode starts."""
     fam = short_acrobot
-    vec = make_vec_env(fam, 2)
+    vec = make_vec_env(fam, 2, backend="gymnasium")
     ref = fam.make_env(A)
     try:
         vec.reset(params=rows(A, A), seed=0)

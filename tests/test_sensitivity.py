@@ -7,8 +7,8 @@ trajectory, in the real Gymnasium env (``family.make_env``) and, where the famil
 batched simulator, in the batched sim. A parameter that silently does nothing (a typo'd
 attribute name, a cached derived quantity) fails here.
 
-Families without a batched simulator (acrobot-links) are checked in Gymnasium only; the
-generic gymnasium.vector backend is tested elsewhere.
+Every built-in family has a batched simulator; a user family without one is checked in
+Gymnasium only (the generic gymnasium.vector backend is tested elsewhere).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ by ~1e-3 or more. The ``nudge`` variants move the sim's state by one ulp (``np.n
 at random steps and must pass too: a test that survives that cannot hang on another
 machine's rounding. A termination decided differently is accepted only when the state lies
 within ``TOL`` of a termination threshold (the one place where one ulp legitimately decides).
+Besides the observation, the sim's next state itself is compared (Acrobot observes its angles
+only through cos/sin; its angles are compared modulo 2 pi, since one ulp can decide on which
+side of +-pi ``wrap`` puts an angle, and the wrap itself is checked bit for bit separately).
 
 At each autoreset the sim's env takes its row of ``next_params``: the test gives it a new
 variant, applies the same values to the Gymnasium env (``family.apply``) and resets it, so
@@ -31,6 +34,8 @@ import torch
 
 from hyperrl.families import list_families, load_family
 from hyperrl.sim import make_vec_env
+from hyperrl.errors import FamilyError
+from hyperrl.sim.acrobot import BatchedAcrobot
 from hyperrl.sim.base import BatchedSim
 from hyperrl.sim.cartpole import BatchedCartPole
 from hyperrl.sim.pendulum import BatchedPendulum
@@ -60,7 +65,18 @@ def threshold_margin(sim: BatchedSim, state: np.ndarray) -> np.ndarray:
     if isinstance(sim, BatchedCartPole):
         return np.minimum(np.abs(np.abs(state[:, 0]) - sim.x_threshold),
                           np.abs(np.abs(state[:, 2]) - sim.theta_threshold_radians))
+    if isinstance(sim, BatchedAcrobot):  # -cos(t1) - cos(t2 + t1) > 1.0
+        return np.abs(-np.cos(state[:, 0]) - np.cos(state[:, 1] + state[:, 0]) - 1.0)
     return np.full(len(state), np.inf)
+
+
+def state_difference(sim: BatchedSim, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[N, S] |a - b|, Acrobot's angles modulo 2 pi (the angle ``wrap`` puts at -pi + e
+    is the one Gymnasium leaves at pi + e)."""
+    d = np.abs(a - b)
+    if isinstance(sim, BatchedAcrobot):
+        d[:, :2] = np.abs(np.remainder(a[:, :2] - b[:, :2] + np.pi, 2 * np.pi) - np.pi)
+    return d
 
 
 def cartpole_actions(obs: np.ndarray, force_sign: np.ndarray, p_random: np.ndarray,
@@ -70,6 +86,15 @@ def cartpole_actions(obs: np.ndarray, force_sign: np.ndarray, p_random: np.ndarr
     push_right = (obs[:, 2] + 0.5 * obs[:, 3] > 0) == (force_sign > 0)
     random = rng.random(len(obs)) < p_random
     return np.where(random, rng.integers(0, 2, len(obs)), push_right.astype(np.int64))
+
+
+def acrobot_actions(obs: np.ndarray, p_random: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Pump energy (torque +1 while the second link swings one way, -1 the other: reaches the
+    goal height in ~100 steps at the default links) with some random torques mixed in;
+    ``p_random`` 0 terminates episodes quickly, 1 mostly runs into the 500-step limit."""
+    pump = np.where(obs[:, 5] > 0, 2, 0)
+    random = rng.random(len(obs)) < p_random
+    return np.where(random, rng.integers(0, 3, len(obs)), pump)
 
 
 def step_side_by_side(sim: BatchedSim, envs: list, actions: np.ndarray, nudge_rows: np.ndarray,
@@ -89,9 +114,12 @@ def step_side_by_side(sim: BatchedSim, envs: list, actions: np.ndarray, nudge_ro
     nxt = gym_states(envs)  # the state each env reached, before any reset
 
     # next state (through the sim's observation function, which is tested against Gymnasium's
-    # float32 observation just below) and reward: tight
+    # float32 observation just below, and itself where the sim did not reset) and reward: tight
     expected = sim.observe(torch.from_numpy(nxt).to(sim.dtype)).numpy()
     np.testing.assert_allclose(out.final_obs.numpy(), expected, rtol=TOL, atol=TOL, err_msg=where)
+    kept = ~(out.terminated | out.truncated).numpy()
+    diff = state_difference(sim, sim.state.numpy()[kept], nxt[kept])
+    assert (diff <= TOL * np.maximum(1.0, np.abs(nxt[kept]))).all(), f"{where}: state differs by {diff.max()}"
     np.testing.assert_allclose(expected, obs, **OBS32, err_msg=f"{where}: observation function")
     np.testing.assert_allclose(out.reward.numpy(), reward, rtol=TOL, atol=TOL, err_msg=where)
     assert np.array_equal(out.truncated.numpy(), trunc), where
@@ -120,6 +148,9 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: boo
     envs = [family.make_env(values[i]) for i in range(n)]
     obs = np.stack([env.reset(seed=seed * 1000 + i)[0] for i, env in enumerate(envs)])
     is_cartpole = isinstance(sim, BatchedCartPole)
+    is_acrobot = isinstance(sim, BatchedAcrobot)
+    if is_acrobot:
+        sim.wrap_checked = not branch_free  # the accelerator path wraps without a host sync
     force_col = family.param_names.index("force_mag") if "force_mag" in family.param_names else None
     p_random = np.array([0.0, 0.02, 0.3, 1.0])[np.arange(n) % 4]
     nudge_at = rng.integers(0, steps, size=(3, n)) if nudge else np.full((3, n), -1)
@@ -130,6 +161,8 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: boo
         if is_cartpole:
             sign = current[:, force_col].numpy() if force_col is not None else np.ones(n)
             actions = cartpole_actions(obs, sign, p_random, rng)
+        elif is_acrobot:
+            actions = acrobot_actions(obs, p_random, rng)
         else:
             actions = rng.uniform(-3.0, 3.0, size=(n, 1))  # beyond +-max_torque: clipped
         assert torch.equal(sim.params, current), where
@@ -149,6 +182,8 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: boo
                 assert torch.equal(sim.params[i], nxt[i]), where
                 if is_cartpole:
                     assert bool((np.abs(out_obs[i]) <= 0.05).all()), where
+                if is_acrobot:
+                    assert bool((sim.state[i].abs() <= 0.1).all()), where
             else:  # Gymnasium ended on a threshold the sim missed by an ulp: restart both
                 sim.params[i], sim.elapsed[i] = nxt[i], 0
             # Gymnasium: the same new variant, reset; the next step re-syncs the sim from it.
@@ -180,29 +215,38 @@ def test_batched_sim_matches_gymnasium_step_by_step(family_name, nudge):
 
 
 @pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
-@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length"])
+@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links"])
 def test_branch_free_autoreset_matches_too(family_name, nudge):
-    """The accelerator path (draw N starts and blend, no host sync), run on the CPU."""
+    """The accelerator path (draw N starts and blend, no host sync; Acrobot's wrap without a
+    host check), run on the CPU."""
     term, trunc = run_side_by_side(family_name, n=8, steps=520, seed=11, nudge=nudge, branch_free=True)
     assert (term + trunc).sum() > 0
 
 
-def test_a_small_physics_error_is_caught():
-    """The tolerance sees a small physics error in one step: a sim whose gravity is 0.1 %
-    off (or whose pole is 0.1 % heavier) fails the step-by-step comparison."""
-    for name, value in (("gravity", 9.8 * 1.001), ("masspole", 0.1 * 1.001)):
-        sim = BatchedCartPole(4, (), dtype=F64, constants={name: value}, seed=0)
-        sim.reset()
-        envs = [gym.make("CartPole-v1") for _ in range(4)]
-        for i, env in enumerate(envs):
-            env.reset(seed=i)
-        with pytest.raises(AssertionError):
-            step_side_by_side(sim, envs, np.array([0, 1, 0, 1]), np.array([], dtype=int),
-                              np.random.default_rng(0), f"wrong {name}")
+@pytest.mark.parametrize(("cls", "env_id", "name", "value"), [
+    (BatchedCartPole, "CartPole-v1", "gravity", 9.8 * 1.001),
+    (BatchedCartPole, "CartPole-v1", "masspole", 0.1 * 1.001),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_MASS_2", 1.001),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_MOI", 1.001),
+    (BatchedAcrobot, "Acrobot-v1", "dt", 0.2 * 1.001),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_a_small_physics_error_is_caught(cls, env_id, name, value):
+    """The tolerance sees a small physics error in one step: a sim with one attribute 0.1 %
+    off (CartPole's gravity or pole mass, Acrobot's second link, inertia or time step) fails
+    the step-by-step comparison from Gymnasium's first states."""
+    sim = cls(4, (), dtype=F64, constants={name: value}, seed=0)
+    sim.reset()
+    envs = [gym.make(env_id) for _ in range(4)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    with pytest.raises(AssertionError):
+        step_side_by_side(sim, envs, np.array([0, 1, 0, 1]), np.array([], dtype=int),
+                          np.random.default_rng(0), f"wrong {name}")
 
 
 @pytest.mark.parametrize(
-    ("cls", "env_id"), [(BatchedCartPole, "CartPole-v1"), (BatchedPendulum, "Pendulum-v1")]
+    ("cls", "env_id"),
+    [(BatchedCartPole, "CartPole-v1"), (BatchedPendulum, "Pendulum-v1"), (BatchedAcrobot, "Acrobot-v1")],
 )
 def test_spaces_and_time_limit_match_gymnasium(cls, env_id):
     sim = cls(3, ())
@@ -233,10 +277,11 @@ def test_cartpole_reads_force_sign_and_action_formats():
         assert torch.equal(sim.step(action).obs, out.obs)
 
 
-def test_float32_default_and_device_consistency():
+@pytest.mark.parametrize("family_name", ["cartpole-mass", "acrobot-links"])
+def test_float32_default_and_device_consistency(family_name):
     """Default dtype float32 runs, keeps its dtype and device, and one step from the same
     state stays within float32 rounding of float64 (re-synced every step)."""
-    family = load_family("cartpole-mass")
+    family = load_family(family_name)
     gen = torch.Generator().manual_seed(0)
     values = family.sample(16, gen)
     sims = {}
@@ -257,7 +302,7 @@ def test_float32_default_and_device_consistency():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length"])
+@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links"])
 def test_cuda_matches_cpu(family_name):
     """One re-synced step at a time (CUDA's sin/cos round differently from the CPU's)."""
     family = load_family(family_name)
@@ -269,8 +314,8 @@ def test_cuda_matches_cpu(family_name):
     gpu.reset(params=values)
     for _ in range(30):
         gpu.state = cpu.state.cuda()  # resets draw from different generators
-        if isinstance(cpu, BatchedCartPole):
-            a = torch.randint(0, 2, (64,), generator=gen)
+        if isinstance(cpu, (BatchedCartPole, BatchedAcrobot)):
+            a = torch.randint(0, cpu.single_action_space.n, (64,), generator=gen)
         else:
             a = torch.rand(64, 1, generator=gen, dtype=F64) * 4 - 2
         oc, og = cpu.step(a), gpu.step(a.cuda())
@@ -305,32 +350,177 @@ _ATTRS = [
     (BatchedPendulum, "Pendulum-v1", "max_torque", (0.5, 2.5)),
     (BatchedPendulum, "Pendulum-v1", "max_speed", (1.0, 3.0)),
     (BatchedPendulum, "Pendulum-v1", "dt", (0.02, 0.07)),
+    # Acrobot under the pumping policy: swings reach the velocity bounds and the goal height
+    (BatchedAcrobot, "Acrobot-v1", "LINK_LENGTH_1", (0.5, 1.5)),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_MASS_1", (0.5, 2.0)),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_MASS_2", (0.5, 2.0)),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_COM_POS_1", (0.25, 0.8)),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_COM_POS_2", (0.25, 0.8)),
+    (BatchedAcrobot, "Acrobot-v1", "LINK_MOI", (0.5, 2.0)),
+    (BatchedAcrobot, "Acrobot-v1", "MAX_VEL_1", (1.5, 6.0)),
+    (BatchedAcrobot, "Acrobot-v1", "MAX_VEL_2", (3.0, 12.0)),
+    (BatchedAcrobot, "Acrobot-v1", "dt", (0.1, 0.3)),
 ]
 
 
 @pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
-@pytest.mark.parametrize(("cls", "env_id", "name", "vals"), _ATTRS, ids=[a[2] for a in _ATTRS])
+@pytest.mark.parametrize(("cls", "env_id", "name", "vals"), _ATTRS, ids=[f"{a[1][:-3]}:{a[2]}" for a in _ATTRS])
 def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nudge):
     n = len(vals)
     sim = cls(n, (name,), dtype=F64, seed=0)
     sim.reset(params=torch.tensor(vals, dtype=F64).reshape(n, 1))
     envs = [_gym_with(env_id, name, v) for v in vals]
-    for i, env in enumerate(envs):
-        env.reset(seed=i)
+    obs = np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)])
     rng = np.random.default_rng(0)
     nudge_at = set(rng.integers(0, 120, size=10).tolist()) if nudge else set()
     for t in range(120):
-        a = rng.integers(0, 2, n) if cls is BatchedCartPole else rng.uniform(-3.0, 3.0, (n, 1))
+        if cls is BatchedCartPole:
+            a = rng.integers(0, 2, n)
+        elif cls is BatchedAcrobot:
+            a = acrobot_actions(obs, np.full(n, 0.1), rng)
+        else:
+            a = rng.uniform(-3.0, 3.0, (n, 1))
         rows = np.arange(n) if t in nudge_at else np.array([], dtype=int)
-        _, term, trunc = step_side_by_side(sim, envs, a, rows, rng, f"{name} step {t}")
+        obs, term, trunc = step_side_by_side(sim, envs, a, rows, rng, f"{name} step {t}")
         for i in np.flatnonzero(term | trunc):
-            envs[i].reset()  # the sim autoreset with the same values; re-synced next step
+            obs[i] = envs[i].reset()[0]  # the sim autoreset with the same values; re-synced next step
 
 
 def test_unknown_attribute_is_refused():
-    from hyperrl.errors import FamilyError
-
     with pytest.raises(FamilyError, match="cannot vary 'total_mass'"):
         BatchedCartPole(2, ("total_mass",))
     with pytest.raises(FamilyError, match="cannot vary 'LINK_MASS_1'"):
         BatchedPendulum(2, ("LINK_MASS_1",))
+
+
+def test_acrobot_offers_only_what_gymnasium_reads():
+    """LINK_LENGTH_2 and gravity change nothing in Gymnasium's Acrobot (its renderer reads
+    the one, _dsdt hard-codes the other): refused, saying why. torque_noise_max: Gymnasium's
+    0.0 only. Everything offered is read by AcrobotEnv.step/_dsdt (the _ATTRS test shows
+    each one changing Gymnasium's step the same way)."""
+    with pytest.raises(FamilyError, match="cannot vary 'LINK_LENGTH_2': .*never read it"):
+        BatchedAcrobot(2, ("LINK_LENGTH_2",))
+    with pytest.raises(FamilyError, match="cannot vary 'gravity': .*hard-codes g = 9.8"):
+        BatchedAcrobot(2, (), constants={"gravity": 9.81})
+    with pytest.raises(FamilyError, match="cannot vary 'torque_noise_max': only Gymnasium's 0.0"):
+        BatchedAcrobot(2, (), constants={"torque_noise_max": 0.1})
+    with pytest.raises(FamilyError, match="cannot vary 'torque_noise_max'"):
+        BatchedAcrobot(2, ("torque_noise_max",))
+    BatchedAcrobot(2, (), constants={"torque_noise_max": 0.0})  # Gymnasium's own value
+    with pytest.raises(FamilyError, match="book_or_nips"):
+        BatchedAcrobot(2, (), book_or_nips="paper")
+    env = gym.make("Acrobot-v1").unwrapped
+    for name, default in BatchedAcrobot.DEFAULTS.items():
+        assert getattr(type(env), name) == default, name  # a class attribute the env reads
+    assert not hasattr(env, "gravity") and not hasattr(env, "g")
+
+
+@pytest.mark.parametrize("book_or_nips", ["book", "nips"])
+def test_acrobot_both_formulations_match_gymnasium(book_or_nips):
+    """``book_or_nips``: the sim's option and Gymnasium's attribute select the same equations
+    (the two differ by the m2 * l1 * lc2 * dtheta1**2 * sin(theta2) term)."""
+    n = 6
+    sim = BatchedAcrobot(n, ("LINK_MASS_2",), dtype=F64, book_or_nips=book_or_nips)
+    masses = torch.linspace(0.5, 2.0, n, dtype=F64).reshape(n, 1)
+    sim.reset(params=masses)
+    envs = [_gym_with("Acrobot-v1", "LINK_MASS_2", float(m)) for m in masses]
+    obs = np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)])
+    for env in envs:
+        env.unwrapped.book_or_nips = book_or_nips
+    rng = np.random.default_rng(1)
+    other = BatchedAcrobot(n, ("LINK_MASS_2",), dtype=F64, book_or_nips="nips" if book_or_nips == "book" else "book")
+    other.reset(params=masses)
+    apart = 0.0
+    for t in range(150):
+        a = acrobot_actions(obs, np.full(n, 0.2), rng)
+        other.state = torch.from_numpy(gym_states(envs))
+        theirs = other.step(torch.from_numpy(a)).final_obs
+        obs, term, trunc = step_side_by_side(sim, envs, a, np.array([], dtype=int), rng, f"{book_or_nips} step {t}")
+        apart = max(apart, float((theirs - sim.observe(torch.from_numpy(gym_states(envs)))).abs().max()))
+        for i in np.flatnonzero(term | trunc):
+            obs[i] = envs[i].reset()[0]
+    assert apart > 1e-3  # the other formulation is another physics: the comparison sees it
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["host-checked", "sync-free"])
+def test_acrobot_wrap_and_bound_are_gymnasiums_bit_for_bit(checked):
+    """``wrap`` is a loop of +-2 pi steps and ``bound`` a min/max: exact operations, so the
+    sim reproduces them bit for bit, the edges +-pi and one ulp past them included. The
+    host-checked path (CPU) is exact for any angle up to MAX_WRAP_ROUNDS turns, the sync-free
+    one (accelerators) for two; beyond, both land in [-pi, pi] by a remainder."""
+    from gymnasium.envs.classic_control.acrobot import wrap
+
+    pi = np.pi
+    edges = [pi, -pi, np.nextafter(pi, 4), np.nextafter(-pi, -4), np.nextafter(pi, 0), 3 * pi, -3 * pi,
+             np.nextafter(3 * pi, 10), np.nextafter(-3 * pi, -10), 5 * pi, 0.0, -0.0, 2 * pi, -2 * pi]
+    rng = np.random.default_rng(0)
+    reach = 5 * pi if not checked else 100 * pi
+    x = np.concatenate([edges, rng.uniform(-reach, reach, 4000), rng.uniform(-3.5, 3.5, 4000)])
+    sim = BatchedAcrobot(1, (), dtype=F64)
+    sim.wrap_checked = checked
+    exact_range = np.abs(x) < (5 * pi if not checked else 2 * sim.MAX_WRAP_ROUNDS * pi)
+    got = sim._wrap(torch.from_numpy(x.reshape(-1, 2))).numpy().reshape(-1)
+    want = np.array([wrap(float(v), -pi, pi) for v in x])
+    assert np.array_equal(got[exact_range], want[exact_range])
+    assert (np.abs(got) <= pi).all()
+    far = np.array([1e3, -1e3, 1e4, 123.0 * 2 * pi])
+    got_far = sim._wrap(torch.from_numpy(far.reshape(-1, 2))).numpy().reshape(-1)
+    assert (np.abs(got_far) <= pi).all()
+    np.testing.assert_allclose(np.cos(got_far), np.cos(far), atol=1e-9)
+
+    # bound(x, -MAX_VEL, MAX_VEL) on the velocities, through a whole step from states that
+    # hit the bounds: where Gymnasium's velocity is the bound, the sim's is that number exactly
+    vmax = [(1.0, 2.0), (0.5, 0.5), (4 * pi, 9 * pi), (0.25, 30.0)]
+    states = np.array([[0.3, -0.2, 5.0, -5.0], [2.0, 1.0, -3.0, 7.0], [1.0, 2.0, 20.0, -40.0],
+                       [0.1, 0.1, 0.0, 0.0]])
+    sim = BatchedAcrobot(4, ("MAX_VEL_1", "MAX_VEL_2"), dtype=F64)
+    sim.reset(params=torch.tensor(vmax, dtype=F64))
+    sim.state = torch.from_numpy(states)
+    vel = sim.step(torch.tensor([2, 0, 1, 2])).final_obs[:, 4:].numpy()
+    bounded = 0
+    for i, (v1, v2) in enumerate(vmax):
+        env = gym.make("Acrobot-v1").unwrapped
+        env.MAX_VEL_1, env.MAX_VEL_2 = v1, v2
+        env.state = states[i].copy()
+        env.step([2, 0, 1, 2][i])
+        for j, v in ((0, v1), (1, v2)):
+            want = float(env.state[2 + j])
+            if abs(want) == v:
+                assert vel[i, j] == want
+                bounded += 1
+            else:
+                assert abs(vel[i, j] - want) <= TOL
+    assert bounded >= 4
+
+
+def test_family_derived_is_evaluated_per_step():
+    """acrobot-links derives LINK_COM_POS_1 = 0.5 * LINK_LENGTH_1: the sim evaluates it from
+    each env's current length (as Family.apply does on the Gymnasium env), and a derived entry
+    of constants only is a constant."""
+    family = load_family("acrobot-links")
+    sim = make_vec_env(family, 3, dtype=F64)
+    values = torch.tensor([[1.0, 1.0, 0.6], [1.2, 0.7, 1.4], [0.5, 1.5, 1.0]], dtype=F64)
+    sim.reset(params=values)
+    assert sim.varies("LINK_COM_POS_1") and not sim.varies("LINK_COM_POS_2")
+    assert torch.equal(sim.attr("LINK_COM_POS_1", sim.params), 0.5 * values[:, 2])
+    for i in range(3):
+        assert family.make_env(values[i]).unwrapped.LINK_COM_POS_1 == float(sim.attr("LINK_COM_POS_1", sim.params)[i])
+    const = BatchedAcrobot(2, ("LINK_MASS_1",), derived={"LINK_COM_POS_2": "0.25 * LINK_LENGTH_1 + 0.1"})
+    assert not const.varies("LINK_COM_POS_2") and const.attr("LINK_COM_POS_2", const.params) == 0.35
+    with pytest.raises(FamilyError, match="cannot derive 'SCREEN_DIM'"):
+        BatchedAcrobot(2, (), derived={"SCREEN_DIM": "2 * LINK_MOI"})
+    with pytest.raises(FamilyError, match="reads 'SCREEN_DIM'"):
+        BatchedAcrobot(2, ("LINK_MOI",), derived={"LINK_COM_POS_2": "LINK_MOI / SCREEN_DIM"})
+
+
+def test_cartpole_derived_must_match_what_the_sim_recomputes():
+    """CartPole's sim computes total_mass and polemass_length itself at every step: a family
+    deriving them the same way (any spelling) is accepted, another formula is refused."""
+    BatchedCartPole(2, ("masspole",), derived={"total_mass": "masscart + masspole",
+                                               "polemass_length": "length * masspole"})
+    with pytest.raises(FamilyError, match="computes total_mass = masspole \\+ masscart .* differs"):
+        BatchedCartPole(2, ("masspole",), derived={"total_mass": "masspole + 2 * masscart"})
+    sim = BatchedCartPole(2, ("force_mag",), derived={"tau": "0.002 * force_mag"})  # an attribute it models
+    assert sim.varies("tau")
+    sim.reset(params=torch.tensor([[10.0], [5.0]]))
+    assert torch.allclose(sim.attr("tau", sim.params), torch.tensor([0.02, 0.01]))

@@ -459,13 +459,25 @@ def test_pendulum_continuous_actions_train(tmp_path):
 
 
 def test_acrobot_generic_backend_trains(tmp_path):
+    """acrobot-links through gymnasium.vector (forced: the family has a batched sim too)."""
     run = tmp_path / "run"
     assert main(argv(run, 4 * 16, family="acrobot-links",
-                     extra=["env.num_envs=4", "eval.interval_steps=64"])) == 0
+                     extra=["env.num_envs=4", "eval.interval_steps=64", "env.backend=gymnasium"])) == 0
     m, payload = _check_trained(run, 64)
     assert m["updates"] == 1
     assert -500.0 <= m["eval_interpolation_return"] <= 0.0  # -1 per step, 500-step limit
     assert payload["extra"].get("env") is None  # gymnasium envs are not snapshotted
+
+
+def test_acrobot_batched_trains(tmp_path):
+    """acrobot-links on its batched simulator (the default backend): it trains, and its
+    envs are snapshotted in the checkpoint like every batched sim's."""
+    run = tmp_path / "run"
+    assert main(argv(run, 4 * 16, family="acrobot-links", extra=["env.num_envs=4", "eval.interval_steps=64"])) == 0
+    m, payload = _check_trained(run, 64)
+    assert m["updates"] == 1
+    assert -500.0 <= m["eval_interpolation_return"] <= 0.0
+    assert payload["extra"]["env"]["state"].shape == (4, 4)
 
 
 def test_total_steps_rounded_up_to_whole_updates_is_said(tmp_path, capsys):

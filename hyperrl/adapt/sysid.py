@@ -85,7 +85,8 @@ def identify(family: Family, episodes: Sequence[Episodes], max_transitions: int 
         for c0 in range(0, cands.shape[0], per):
             c = cands[c0:c0 + per]
             m = c.shape[0]
-            sim = cls(m * t, family.param_names, device=dev, dtype=torch.float64, constants=family.constants())
+            sim = cls(m * t, family.param_names, device=dev, dtype=torch.float64, constants=family.constants(),
+                      derived=family.derived)
             a = act_t.repeat(m, *([1] * (act_t.dim() - 1)))
             with torch.no_grad():
                 ns, _, _ = sim.dynamics(state.repeat(m, 1), a, c.repeat_interleave(t, 0))

@@ -16,6 +16,7 @@ __all__ = ["BATCHED_SIMS", "BatchedSim", "StepOut", "VecEnv", "make_vec_env", "b
 BATCHED_SIMS = {
     "cartpole": "hyperrl.sim.cartpole:BatchedCartPole",
     "pendulum": "hyperrl.sim.pendulum:BatchedPendulum",
+    "acrobot": "hyperrl.sim.acrobot:BatchedAcrobot",
 }
 BACKENDS = ("auto", "batched", "gymnasium")
 
@@ -54,6 +55,7 @@ def make_vec_env(
             constants=family.constants(),
             max_episode_steps=family.max_episode_steps,
             seed=seed,
+            derived=family.derived,
         )
     from hyperrl.sim.generic import GymnasiumVecEnv
 

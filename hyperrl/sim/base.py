@@ -12,6 +12,8 @@ env that resets takes its row of ``next_params`` (the trainer re-draws variants 
 from __future__ import annotations
 
 import abc
+import ast
+import math
 from typing import Mapping, NamedTuple, Sequence
 
 import gymnasium as gym
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from hyperrl.errors import FamilyError
+from hyperrl.families import _check_expr, _eval_expr, expr_names
 
 
 class StepOut(NamedTuple):
@@ -62,13 +65,22 @@ class BatchedSim(VecEnv):
     """Base of the torch simulators: subclasses supply physics, reset sampling and obs.
 
     Physical attributes not varied by the family are constants (Gymnasium's defaults,
-    overridable through the family's ``fixed``). ``attr(name)`` returns a ``[N]`` column
-    of ``params`` for a varying attribute and a python float for a constant, so
+    overridable through the family's ``fixed``). A family's ``derived`` entry for an
+    attribute the sim models is evaluated from the current values at every step, as
+    :meth:`Family.apply` evaluates it on the Gymnasium env. :meth:`attribute_values`
+    gives every attribute in ``DEFAULTS`` order: a ``[N]`` tensor where it varies per env
+    (a column of ``params``, or derived from one), a 0-dim tensor where it is constant, so
     the physics is written once and derived quantities (CartPole's ``total_mass``) are
     always recomputed from the current values, never cached.
     """
 
     DEFAULTS: Mapping[str, float] = {}  # attribute -> Gymnasium default value
+    # Attributes Gymnasium caches in __init__ that the sim computes itself at every step
+    # (attribute -> the sim's expression): a family's ``derived`` entry for one must agree.
+    RECOMPUTED: Mapping[str, str] = {}
+    # Attributes of the Gymnasium env the sim deliberately does not offer -> why (named in
+    # the refusal, so a family varying one learns the reason).
+    NOT_OFFERED: Mapping[str, str] = {}
     MAX_EPISODE_STEPS: int = 0  # the registered TimeLimit
     STATE_DIM: int = 0
 
@@ -81,12 +93,14 @@ class BatchedSim(VecEnv):
         constants: Mapping[str, float] | None = None,
         max_episode_steps: int | None = None,
         seed: int | None = None,
+        derived: Mapping[str, str] | None = None,
     ):
         unknown = [n for n in list(param_names) + list(constants or {}) if n not in self.DEFAULTS]
         if unknown:
+            why = self.NOT_OFFERED.get(unknown[0])
             raise FamilyError(
-                f"batched {type(self).__name__} cannot vary '{unknown[0]}'; it supports: "
-                + ", ".join(self.DEFAULTS)
+                f"batched {type(self).__name__} cannot vary '{unknown[0]}'"
+                + (f": {why}" if why else f"; it supports: {', '.join(self.DEFAULTS)}")
             )
         self.num_envs = int(num_envs)
         self.param_names = tuple(param_names)
@@ -95,6 +109,16 @@ class BatchedSim(VecEnv):
         self.constants = {**self.DEFAULTS, **(constants or {})}
         self.max_episode_steps = int(max_episode_steps or self.MAX_EPISODE_STEPS)
         self._col = {n: j for j, n in enumerate(self.param_names)}
+        self._derived = self._check_derived(dict(derived or {}))
+        # (params column or None, 0-dim constant or None) per attribute, in DEFAULTS order.
+        # Constants are 0-dim tensors on the device: cheaper than python scalars per op (no
+        # wrapped-scalar allocation), never a host transfer, and ``float / tensor`` (torch's
+        # reciprocal-then-multiply) never replaces a division.
+        self._slots = [
+            (self._col.get(k), None if k in self._col else self.scalar(self.constants[k])) for k in self.DEFAULTS
+        ]
+        consts = {float(n.value) for _, tree in self._derived for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        self._derived_consts = {v: self.scalar(v) for v in consts}
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
@@ -142,9 +166,82 @@ class BatchedSim(VecEnv):
         return torch.from_numpy(out)
 
     # ---- shared -----------------------------------------------------------------------
+    def scalar(self, value: float) -> torch.Tensor:
+        """A 0-dim tensor of ``value`` in the sim's dtype, on its device."""
+        return torch.tensor(value, dtype=self.dtype, device=self.device)
+
+    def _check_derived(self, derived: dict[str, str]) -> list[tuple[str, ast.Expression]]:
+        """The family's ``derived`` entries the physics must evaluate per step, in order.
+
+        An entry reading only constants becomes a constant (folded into ``self.constants``);
+        one for a ``RECOMPUTED`` attribute must give what the sim computes itself; any other
+        attribute is refused, as is an expression reading an attribute the sim does not model.
+        """
+        cls = type(self).__name__
+        out: list[tuple[str, ast.Expression]] = []
+        varying = set(self.param_names)
+        for name, expr in derived.items():
+            tree = _check_expr(str(expr), f"derived.{name}")
+            if name in self.RECOMPUTED:
+                self._check_recomputed(name, str(expr), tree)
+                continue
+            if name not in self.DEFAULTS:
+                why = self.NOT_OFFERED.get(name)
+                raise FamilyError(f"batched {cls} cannot derive '{name}'"
+                                  + (f": {why}" if why else f"; it supports: {', '.join(self.DEFAULTS)}"))
+            reads = expr_names(tree)
+            outside = sorted(reads - set(self.DEFAULTS))
+            if outside:
+                raise FamilyError(f"batched {cls}: derived.{name} = {expr} reads '{outside[0]}', which it does "
+                                  f"not model; it supports: {', '.join(self.DEFAULTS)}")
+            if reads & varying or name in varying:
+                out.append((name, tree))
+                varying.add(name)
+            else:  # constants only: one value, as Family.apply computes it (python floats)
+                self.constants[name] = float(_eval_expr(tree, self.constants.__getitem__))
+        self._varying = frozenset(varying)
+        return out
+
+    def _check_recomputed(self, name: str, expr: str, tree: ast.Expression) -> None:
+        """Refuse a ``derived`` entry that disagrees with the sim's own formula for ``name``
+        (compared at three points where every attribute differs from the others)."""
+        ours = _check_expr(self.RECOMPUTED[name], "")
+        names = list(self.DEFAULTS)
+        for k in (1, 2, 3):
+            point = {n: (self.DEFAULTS[n] or 1.0) * (1.0 + 0.137 * k * (i + 1)) for i, n in enumerate(names)}
+            try:
+                theirs = float(_eval_expr(tree, point.__getitem__))
+            except KeyError as e:
+                raise FamilyError(f"batched {type(self).__name__}: derived.{name} = {expr} reads {e}, which it "
+                                  f"does not model; it computes {name} = {self.RECOMPUTED[name]}") from None
+            except (ArithmeticError, ValueError, TypeError):
+                theirs = math.nan
+            if not math.isclose(theirs, float(_eval_expr(ours, point.__getitem__)), rel_tol=1e-9):
+                raise FamilyError(f"batched {type(self).__name__} computes {name} = {self.RECOMPUTED[name]} "
+                                  f"at every step; the family's derived.{name} = {expr} differs")
+
+    def varies(self, name: str) -> bool:
+        """Whether attribute ``name`` may differ between envs (a parameter or derived from one)."""
+        return name in self._varying
+
+    def attribute_values(self, params: torch.Tensor) -> list[torch.Tensor]:
+        """Every attribute in ``DEFAULTS`` order for ``params`` [N, P]: a [N] tensor where it
+        varies, a 0-dim tensor where it is constant; ``derived`` entries evaluated in order,
+        each reading the values before it (as :meth:`Family.apply` does)."""
+        cols = params.unbind(-1) if self._col else ()
+        vals = [cols[j] if j is not None else c for j, c in self._slots]
+        if not self._derived:
+            return vals
+        named = dict(zip(self.DEFAULTS, vals))
+        for name, tree in self._derived:
+            named[name] = _eval_expr(tree, named.__getitem__, const=self._derived_consts.__getitem__)
+        return list(named.values())
+
     def attr(self, name: str, params: torch.Tensor) -> torch.Tensor | float:
-        j = self._col.get(name)
-        return params[:, j] if j is not None else self.constants[name]
+        """One attribute: its [N] values where it varies, a python float where it is constant."""
+        if not self.varies(name):
+            return self.constants[name]
+        return self.attribute_values(params)[list(self.DEFAULTS).index(name)]
 
     def reset(
         self,

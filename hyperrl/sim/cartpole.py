@@ -43,6 +43,9 @@ class BatchedCartPole(BatchedSim):
         "force_mag": 10.0,
         "tau": 0.02,  # seconds between state updates
     }
+    # CartPoleEnv caches these in __init__; the sim computes them from the current values
+    # at every step (in dynamics), so a family's `derived` entries must say the same.
+    RECOMPUTED = {"total_mass": "masspole + masscart", "polemass_length": "masspole * length"}
     MAX_EPISODE_STEPS = 500
     STATE_DIM = 4
 
@@ -59,24 +62,16 @@ class BatchedCartPole(BatchedSim):
         self.single_observation_space = gym.spaces.Box(-high, high, dtype=np.float32)
         self.single_action_space = gym.spaces.Discrete(2)
 
-        # Constants as 0-dim tensors on the device: cheaper than python scalars per op
-        # (no wrapped-scalar allocation) and never a host transfer.
-        def scalar(v: float) -> torch.Tensor:
-            return torch.tensor(v, dtype=self.dtype, device=self.device)
-
-        self._slots = [
-            (self._col.get(k), None if k in self._col else scalar(self.constants[k])) for k in self.DEFAULTS
-        ]
-        self._four_thirds = scalar(4.0 / 3.0)
+        self._four_thirds = self.scalar(4.0 / 3.0)
         # (x_threshold, theta_threshold) repeated per env: compared with |(x, theta)| [N, 2]
         # in one flat loop (a broadcast [2] operand would make the inner loop 2 long).
         thr = torch.tensor([self.x_threshold, self.theta_threshold_radians], dtype=self.dtype)
         self._thresholds = thr.to(self.device).repeat(self.num_envs, 1)
-        self._force_varies = "force_mag" in self._col
-        self._tau_varies = "tau" in self._col
+        self._force_varies = self.varies("force_mag")
+        self._tau_varies = self.varies("tau")
         # action -> +-1 (times force_mag when it varies), or straight to +-force_mag
         fm = self.constants["force_mag"]
-        signs = [-1.0, 1.0] if "force_mag" in self._col else [-fm, fm]
+        signs = [-1.0, 1.0] if self._force_varies else [-fm, fm]
         self._signs = torch.tensor(signs, dtype=self.dtype, device=self.device)
 
     def initial_state(self, n: int) -> torch.Tensor:
@@ -92,11 +87,8 @@ class BatchedCartPole(BatchedSim):
         return state
 
     def dynamics(self, state, action, params):
-        # Each attribute: its [N] column of params when it varies, else a 0-dim constant.
-        cols = params.unbind(-1) if self._col else ()
-        gravity, masscart, masspole, length, force_mag, tau = (
-            cols[j] if j is not None else c for j, c in self._slots
-        )
+        # Each attribute: [N] values when it varies, else a 0-dim constant.
+        gravity, masscart, masspole, length, force_mag, tau = self.attribute_values(params)
         # Derived quantities, recomputed from the current values at every step: never stale.
         total_mass = masspole + masscart
         polemass_length = masspole * length

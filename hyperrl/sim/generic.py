@@ -1,6 +1,6 @@
 """Generic backend: any family through ``gymnasium.vector`` with per-env parameters.
 
-Used for families without a batched torch simulator (``acrobot-links``, user-written
+Used for families without a batched torch simulator (user-written
 YAMLs) and, with ``backend="gymnasium"``, as the reference the batched simulators are
 checked against. Each sub-env is ``family.make_env(values)`` (a real ``gymnasium.make``
 env, time limit included) wrapped in :class:`ParamResetWrapper`, which applies its

@@ -56,13 +56,7 @@ class BatchedPendulum(BatchedSim):
         # Constants as 0-dim tensors on the device, so every expression below is tensor
         # arithmetic whatever varies (``float / tensor`` in torch is reciprocal-then-multiply,
         # which would round differently from Gymnasium's division).
-        def scalar(v: float) -> torch.Tensor:
-            return torch.tensor(v, dtype=self.dtype, device=self.device)
-
-        self._slots = [
-            (self._col.get(k), None if k in self._col else scalar(self.constants[k])) for k in self.DEFAULTS
-        ]
-        self._three = scalar(3.0)
+        self._three = self.scalar(3.0)
         self._milli32 = torch.tensor(0.001, dtype=torch.float32, device=self.device)
 
     def initial_state(self, n: int) -> torch.Tensor:
@@ -87,9 +81,8 @@ class BatchedPendulum(BatchedSim):
         return obs
 
     def dynamics(self, state, action, params):
-        # Each attribute: its [N] column of params when it varies, else a 0-dim constant.
-        cols = params.unbind(-1) if self._col else ()
-        g, m, l, max_torque, max_speed, dt = (cols[j] if j is not None else c for j, c in self._slots)
+        # Each attribute: [N] values when it varies, else a 0-dim constant.
+        g, m, l, max_torque, max_speed, dt = self.attribute_values(params)
         th, thdot = state[:, 0], state[:, 1]
         if action.dtype == torch.float32 and self.dtype == torch.float64:
             # Gymnasium receives float32 actions (its action space's dtype), and NumPy 2's
