@@ -42,6 +42,9 @@ __all__ = [
     "list_families",
     "load_family",
     "SPLITS",
+    "check_expr",
+    "eval_expr",
+    "expr_names",
 ]
 
 SPLITS = ("interpolation", "extrapolation")
@@ -76,7 +79,7 @@ _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
 _UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
 
-def _check_expr(expr: str, where: str) -> ast.Expression:
+def check_expr(expr: str, where: str) -> ast.Expression:
     try:
         tree = ast.parse(expr, mode="eval")
     except (SyntaxError, ValueError, RecursionError) as e:  # ValueError: an int literal too long to read
@@ -93,7 +96,7 @@ def _check_expr(expr: str, where: str) -> ast.Expression:
     return tree
 
 
-def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any],
+def eval_expr(tree: ast.Expression, lookup: Callable[[str], Any],
                const: Callable[[float], Any] = float) -> Any:
     """The value of a checked expression, names read through ``lookup``.
 
@@ -115,7 +118,7 @@ def _eval_expr(tree: ast.Expression, lookup: Callable[[str], Any],
             return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
         if isinstance(node, ast.UnaryOp):
             return _UNARY[type(node.op)](ev(node.operand))
-        raise AssertionError(node)  # excluded by _check_expr
+        raise AssertionError(node)  # excluded by check_expr
 
     return ev(tree)
 
@@ -195,7 +198,7 @@ def init_computed_attributes(env_cls: type) -> dict[str, str]:
                     continue
                 expr = ast.unparse(_SelfToName().visit(ast.parse(ast.unparse(node.value), mode="eval")))
                 try:
-                    _check_expr(expr, "")
+                    check_expr(expr, "")
                 except FamilyError:
                     continue
                 out[t.attr] = expr
@@ -467,7 +470,7 @@ class Family:
         an error or a result that is not a finite number is a FamilyError naming the key and
         the values."""
         where = f"derived.{name}"
-        tree = _check_expr(expr, f"family file {self.source}: {where}")
+        tree = check_expr(expr, f"family file {self.source}: {where}")
 
         def lookup(attr: str) -> Any:
             if not hasattr(base, attr):
@@ -476,7 +479,7 @@ class Family:
 
         at = f"at {self.label(values)}"
         try:
-            out = _eval_expr(tree, lookup)
+            out = eval_expr(tree, lookup)
         except ZeroDivisionError:
             raise self._fail(where, f"{expr!r} divides by zero {at}") from None
         except OverflowError:
@@ -581,7 +584,7 @@ class Family:
         declared = set(self.param_names) | set(self.fixed) | set(self.derived)
         found = []
         for attr, expr in computed.items():
-            reads = expr_names(_check_expr(expr, "")) & set(self.param_names)
+            reads = expr_names(check_expr(expr, "")) & set(self.param_names)
             value = getattr(env.unwrapped, attr, None)
             if attr in declared or not reads or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -795,7 +798,7 @@ def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
     for k, v in derived_raw.items():
         if not isinstance(v, (str, int, float)) or isinstance(v, bool):
             raise r.fail(f"derived.{k}", f"expected an expression string, got {v!r}")
-        _check_expr(str(v), f"family file {source}: derived.{k}")
+        check_expr(str(v), f"family file {source}: derived.{k}")
         derived[str(k)] = str(v)
     held = r.mapping(d["heldout"], "heldout", list(SPLITS), list(SPLITS))
     heldout = {s: _parse_split(r, s, held[s], params) for s in SPLITS}

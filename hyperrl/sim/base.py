@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hyperrl.errors import FamilyError
-from hyperrl.families import _check_expr, _eval_expr, expr_names
+from hyperrl.families import check_expr, eval_expr, expr_names
 
 
 class StepOut(NamedTuple):
@@ -181,7 +181,7 @@ class BatchedSim(VecEnv):
         out: list[tuple[str, ast.Expression]] = []
         varying = set(self.param_names)
         for name, expr in derived.items():
-            tree = _check_expr(str(expr), f"derived.{name}")
+            tree = check_expr(str(expr), f"derived.{name}")
             if name in self.RECOMPUTED:
                 self._check_recomputed(name, str(expr), tree)
                 continue
@@ -198,25 +198,25 @@ class BatchedSim(VecEnv):
                 out.append((name, tree))
                 varying.add(name)
             else:  # constants only: one value, as Family.apply computes it (python floats)
-                self.constants[name] = float(_eval_expr(tree, self.constants.__getitem__))
+                self.constants[name] = float(eval_expr(tree, self.constants.__getitem__))
         self._varying = frozenset(varying)
         return out
 
     def _check_recomputed(self, name: str, expr: str, tree: ast.Expression) -> None:
         """Refuse a ``derived`` entry that disagrees with the sim's own formula for ``name``
         (compared at three points where every attribute differs from the others)."""
-        ours = _check_expr(self.RECOMPUTED[name], "")
+        ours = check_expr(self.RECOMPUTED[name], "")
         names = list(self.DEFAULTS)
         for k in (1, 2, 3):
             point = {n: (self.DEFAULTS[n] or 1.0) * (1.0 + 0.137 * k * (i + 1)) for i, n in enumerate(names)}
             try:
-                theirs = float(_eval_expr(tree, point.__getitem__))
+                theirs = float(eval_expr(tree, point.__getitem__))
             except KeyError as e:
                 raise FamilyError(f"batched {type(self).__name__}: derived.{name} = {expr} reads {e}, which it "
                                   f"does not model; it computes {name} = {self.RECOMPUTED[name]}") from None
             except (ArithmeticError, ValueError, TypeError):
                 theirs = math.nan
-            if not math.isclose(theirs, float(_eval_expr(ours, point.__getitem__)), rel_tol=1e-9):
+            if not math.isclose(theirs, float(eval_expr(ours, point.__getitem__)), rel_tol=1e-9):
                 raise FamilyError(f"batched {type(self).__name__} computes {name} = {self.RECOMPUTED[name]} "
                                   f"at every step; the family's derived.{name} = {expr} differs")
 
@@ -234,7 +234,7 @@ class BatchedSim(VecEnv):
             return vals
         named = dict(zip(self.DEFAULTS, vals))
         for name, tree in self._derived:
-            named[name] = _eval_expr(tree, named.__getitem__, const=self._derived_consts.__getitem__)
+            named[name] = eval_expr(tree, named.__getitem__, const=self._derived_consts.__getitem__)
         return list(named.values())
 
     def attr(self, name: str, params: torch.Tensor) -> torch.Tensor | float:
