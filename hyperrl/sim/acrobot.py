@@ -27,7 +27,6 @@ amplify an ulp ~1e7-fold, in Gymnasium as much as here, and the two then differ 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -74,24 +73,13 @@ class BatchedAcrobot(BatchedSim):
     reset_low, reset_high = -0.1, 0.1
     MAX_WRAP_ROUNDS = 64  # wrap's loop runs |angle| / 2 pi times; past this, a remainder does it
 
-    def __init__(
-        self,
-        num_envs: int,
-        param_names: Sequence[str],
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        constants: Mapping[str, float] | None = None,
-        max_episode_steps: int | None = None,
-        seed: int | None = None,
-        derived: Mapping[str, str] | None = None,
-        book_or_nips: str = "book",
-    ):
-        constants = dict(constants or {})
+    def __init__(self, *args, book_or_nips: str = "book", **kwargs):
+        """:class:`BatchedSim`'s arguments (``constants`` by keyword), and the formulation."""
+        constants = dict(kwargs.pop("constants", None) or {})
         # torque_noise_max: Gymnasium's 0.0 means "no noise", the only setting supported
         if constants.get("torque_noise_max", 0.0) == 0.0:
             constants.pop("torque_noise_max", None)
-        super().__init__(num_envs, param_names, device=device, dtype=dtype, constants=constants,
-                         max_episode_steps=max_episode_steps, seed=seed, derived=derived)
+        super().__init__(*args, constants=constants, **kwargs)
         if book_or_nips not in ("book", "nips"):
             raise FamilyError(f"book_or_nips must be 'book' or 'nips', got {book_or_nips!r}")
         self.book_or_nips = book_or_nips
