@@ -42,10 +42,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hyperrl.runs import read_json, read_run_info
 from hyperrl.cli import int_range, main_guard, make_parser, seed_arg
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import publish_dir, refuse_existing
+from hyperrl.runs import read_json, read_metrics, read_run_info
 from hyperrl.families import SPLITS
 
 __all__ = ["iqm", "stratified_bootstrap_ci", "aggregate", "RunScores", "load_run_scores",
@@ -188,9 +188,7 @@ def load_run_scores(run_dir: str | Path, eval_name: str = DEFAULT_EVAL_NAME) -> 
     mpath = path / "metrics.json"
     if not mpath.is_file():
         raise HyperrlError(f"{path} has no metrics.json (an unfinished or interrupted run?)")
-    metrics = read_json(mpath)
-    if not isinstance(metrics, dict):
-        raise HyperrlError(f"{mpath} is corrupt: expected a JSON object")
+    metrics = read_metrics(path)
     family = info.get("family") or metrics.get("family")
     if not isinstance(family, str) or not family:
         raise HyperrlError(f"{path / 'run.json'} is corrupt: no 'family'")
