@@ -35,7 +35,6 @@ from hyperrl.train_config import TrainConfig
 __all__ = ["HyperRun", "load_hyper_run", "CHECKPOINTS"]
 
 CHECKPOINTS = ("best", "latest")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class HyperRun:
@@ -82,7 +81,7 @@ class HyperRun:
             probe.close()
         if not isinstance(self.observation_space, gym.spaces.Box) or len(self.observation_space.shape) != 1:
             raise HyperrlError(f"{self.family.env_id}: observation space {self.observation_space} is not a 1-D Box")
-        self.dtype = _DTYPES[self.config.dtype]
+        self.dtype = self.config.torch_dtype
         agent = HyperAgent(int(self.observation_space.shape[0]), self.action_space, self.family.context_dim,
                            self.config.model).to(dtype=self.dtype)
         state = payload["hypernet"]

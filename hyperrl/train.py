@@ -50,10 +50,6 @@ class TrainingDiverged(HyperrlError):
     """A non-finite loss or generated weight: the run stops, the last good checkpoint stays."""
 
 
-def _dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "float64": torch.float64}[name]
-
-
 def add_weight_histogram(writer: Any, tag: str, values: torch.Tensor, step: int, bins: int = 64) -> None:
     """``writer.add_histogram`` computed with torch (``bins`` equal-width buckets over [min, max]).
 
@@ -430,7 +426,7 @@ def train(
 
     t_start = time.perf_counter()
     device = parse_device(cfg.device)
-    dtype = _dtype(cfg.dtype)
+    dtype = cfg.torch_dtype
     seed_everything(cfg.seed)
     n, k, t_len = cfg.env.num_envs, cfg.env.variant_slots, cfg.ppo.num_steps
     batch, num_updates = n * t_len, cfg.num_updates

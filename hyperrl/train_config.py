@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
+
 from hyperrl.config import Checked, opt
 from hyperrl.seeding import MAX_SEED
 
@@ -122,6 +124,11 @@ class TrainConfig(Checked):
         if self.ppo.num_minibatches > self.env.num_envs:
             raise ValueError(f"ppo.num_minibatches ({self.ppo.num_minibatches}) must be <= env.num_envs "
                              f"({self.env.num_envs}): a minibatch is a set of env columns")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """``dtype`` as a torch dtype (simulator and networks)."""
+        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
 
     @property
     def num_updates(self) -> int:
