@@ -17,6 +17,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
+from hyperrl.archs import make_actor
 from hyperrl.hypernet import TRAIN_ACT_MODULES, HyperNetwork, functional_mlp
 from hyperrl.ppo import Categorical, DiagGaussian, clip_action
 from hyperrl.train_config import ModelConfig
@@ -119,7 +120,8 @@ def gather_slots(table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
 
 
 class HyperAgent(nn.Module):
-    """Hypernetwork actor (context -> every policy weight) and a critic.
+    """The actor of ``model.arch`` (context -> per-variant policy weights, :mod:`hyperrl.archs`;
+    a hypernetwork generating every weight by default) and a critic.
 
     The critic is an MLP on ``[obs, context]`` (default) or, with ``model.critic: hyper``,
     a second hypernetwork generating a value MLP per variant.
@@ -146,33 +148,20 @@ class HyperAgent(nn.Module):
         if not self.discrete and cfg.log_std == "generated":
             extra = {"log_std": (self.act_dim,)}
             extra_init = {"log_std": cfg.log_std_init}
-        self.actor = HyperNetwork(
-            context_dim,
-            [obs_dim, *cfg.hidden_sizes, self.act_dim],
-            activation=cfg.activation,
-            embed_sizes=cfg.embed_sizes,
-            init=cfg.init,
-            out_gain=0.01,
-            extra_shapes=extra or None,
-            extra_init=extra_init or None,
-            chunk_size=cfg.chunk_size,
-            chunk_embed_dim=cfg.chunk_embed_dim,
-        )
+        hyper_kwargs = dict(embed_sizes=cfg.embed_sizes, init=cfg.init, chunk_size=cfg.chunk_size,
+                            chunk_embed_dim=cfg.chunk_embed_dim)
+        self.actor = make_actor(cfg.arch, context_dim, [obs_dim, *cfg.hidden_sizes, self.act_dim], cfg.activation,
+                                embed_sizes=cfg.embed_sizes, adapter_sizes=cfg.adapter_sizes,
+                                hyper_kwargs=hyper_kwargs, extra_shapes=extra or None,
+                                extra_init=extra_init or None)
         if not self.discrete and cfg.log_std == "learned":
             self.log_std = nn.Parameter(torch.full((self.act_dim,), float(cfg.log_std_init)))
         else:
             self.log_std = None
         if cfg.critic == "hyper":
             self.critic_hyper: HyperNetwork | None = HyperNetwork(
-                context_dim,
-                [obs_dim, *cfg.critic_hidden_sizes, 1],
-                activation=cfg.activation,
-                embed_sizes=cfg.embed_sizes,
-                init=cfg.init,
-                out_gain=1.0,
-                chunk_size=cfg.chunk_size,
-                chunk_embed_dim=cfg.chunk_embed_dim,
-            )
+                context_dim, [obs_dim, *cfg.critic_hidden_sizes, 1], activation=cfg.activation,
+                out_gain=1.0, **hyper_kwargs)
             self.critic = None
         else:
             self.critic_hyper = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import difflib
 import functools
 import itertools
@@ -29,8 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+import yaml
 
 from hyperrl.errors import FamilyError
+from hyperrl.fileio import atomic_write_text
 from hyperrl.resources import builtin_dir
 from hyperrl.yamlio import YamlInputError, read_yaml_file
 
@@ -45,6 +48,8 @@ __all__ = [
     "check_expr",
     "eval_expr",
     "expr_names",
+    "distractor_context",
+    "MAX_DISTRACTORS",
 ]
 
 SPLITS = ("interpolation", "extrapolation")
@@ -206,6 +211,47 @@ def init_computed_attributes(env_cls: type) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------
+# Distractor context dimensions
+# --------------------------------------------------------------------------------------
+MAX_DISTRACTORS = 4096
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
+    """``(h * c) mod 2**32`` for int64 ``h`` in [0, 2**32): split ``c`` in 16-bit halves so no
+    product leaves int64 (torch has no unsigned 64-bit arithmetic on every device)."""
+    return (h * (c & 0xFFFF) + (((h * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash with full avalanche (Wellons' "lowbias32")."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def distractor_context(values: torch.Tensor, k: int) -> torch.Tensor:
+    """``[..., P]`` parameter values -> ``[..., k]`` distractor dimensions in (-1, 1).
+
+    Decision Adapter's test (Beukman et al., NeurIPS 2023) appends context dimensions that
+    are drawn per variant and carry no information about the physics. Here they are a hash
+    of the variant's values (rounded to float32, so a variant gets the same draw in every
+    dtype, on every device, in training, evaluation and adaptation): uniform over variants,
+    uncorrelated with the values, and never read by the environment.
+    """
+    v = torch.as_tensor(values).to(torch.float32).contiguous()
+    bits = v.view(torch.int32).to(torch.int64) & _M32  # [..., P]
+    h = torch.full(v.shape[:-1], 0x9E3779B9, dtype=torch.int64, device=v.device)
+    for j in range(v.shape[-1]):
+        h = _mix32(h ^ bits[..., j])
+    salt = _mix32(torch.arange(1, k + 1, dtype=torch.int64, device=v.device))  # [k]
+    d = _mix32(h.unsqueeze(-1) ^ salt)  # [..., k] uniform in [0, 2**32)
+    return (d.to(torch.float64) + 0.5) * (2.0 / 2**32) - 1.0
+
+
+# --------------------------------------------------------------------------------------
 # Spec dataclasses
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -312,6 +358,7 @@ class Family:
     success_return: float | None = None
     fixed: Mapping[str, float] = field(default_factory=dict)
     derived: Mapping[str, str] = field(default_factory=dict)
+    distractors: int = 0  # K irrelevant context dimensions (see distractor_context)
     source: str = ""
 
     # ---- shapes -------------------------------------------------------------------
@@ -325,7 +372,13 @@ class Family:
 
     @property
     def context_dim(self) -> int:
-        return sum(p.context_dim for p in self.params)
+        return sum(p.context_dim for p in self.params) + self.distractors
+
+    def with_distractors(self, k: int) -> "Family":
+        """This family with ``k`` distractor context dimensions instead of its own."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_DISTRACTORS:
+            raise FamilyError(f"distractors must be an integer in [0, {MAX_DISTRACTORS}], got {k!r}")
+        return dataclasses.replace(self, distractors=k)
 
     def spec(self, name: str) -> ParamSpec:
         for p in self.params:
@@ -412,10 +465,12 @@ class Family:
 
         The one transform used at train, evaluation and adaptation time: log scale for
         masses and gains' magnitudes, min-max to [-1, 1] over the train range, the sign
-        of a signed gain kept as its own feature.
+        of a signed gain kept as its own feature; then the ``distractors`` columns.
         """
         v = torch.as_tensor(values)
         parts = [p.to_context(v[..., j]) for j, p in enumerate(self.params)]
+        if self.distractors:
+            parts.append(distractor_context(v, self.distractors).to(parts[0].dtype))
         return torch.cat(parts, dim=-1).to(v.dtype if v.is_floating_point() else torch.float32)
 
     def heldout_values(self, split: str) -> torch.Tensor:
@@ -619,6 +674,16 @@ class Family:
                 f"{'them' if len(stale) > 1 else 'it'} stale (the CARL/RLlib CartPole bug); add to the "
                 f"family YAML: derived: {{{fix}}}")
 
+    def save_copy(self, path: str | os.PathLike) -> None:
+        """Write this family's YAML to ``path`` (a run's ``family.yaml``): the source file as
+        is, or with ``distractors`` set when it differs from the file's (a config override)."""
+        raw = read_yaml_file(self.source)
+        if raw.get("distractors", 0) == self.distractors:
+            atomic_write_text(path, Path(self.source).read_text())
+            return
+        raw["distractors"] = self.distractors
+        atomic_write_text(path, yaml.safe_dump(raw, sort_keys=False))
+
     def constants(self) -> dict[str, float]:
         """Fixed attribute values, for a batched simulator's constants."""
         return {k: float(v) for k, v in self.fixed.items()}
@@ -757,7 +822,7 @@ def _parse_split(r: _Reader, split: str, raw: Any, params: tuple[ParamSpec, ...]
 
 
 _TOP_KEYS = ["name", "description", "env_id", "env_kwargs", "max_episode_steps", "batched",
-             "success_return", "params", "fixed", "derived", "heldout"]
+             "success_return", "params", "fixed", "derived", "heldout", "distractors"]
 
 
 def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
@@ -800,12 +865,15 @@ def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
             raise r.fail(f"derived.{k}", f"expected an expression string, got {v!r}")
         check_expr(str(v), f"family file {source}: derived.{k}")
         derived[str(k)] = str(v)
+    distractors = d.get("distractors", 0)
+    if isinstance(distractors, bool) or not isinstance(distractors, int) or not 0 <= distractors <= MAX_DISTRACTORS:
+        raise r.fail("distractors", f"expected an integer in [0, {MAX_DISTRACTORS}], got {distractors!r}")
     held = r.mapping(d["heldout"], "heldout", list(SPLITS), list(SPLITS))
     heldout = {s: _parse_split(r, s, held[s], params) for s in SPLITS}
     return Family(name=name, env_id=env_id, params=params, heldout=heldout,
                   description=str(d.get("description", "")), env_kwargs=dict(env_kwargs),
                   max_episode_steps=mes, batched=batched, success_return=success,
-                  fixed=fixed, derived=derived, source=source)
+                  fixed=fixed, derived=derived, distractors=distractors, source=source)
 
 
 def load_family(name_or_path: str | os.PathLike) -> Family:

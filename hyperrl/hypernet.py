@@ -86,6 +86,7 @@ from hyperrl.errors import HyperrlError
 
 __all__ = [
     "ACTIVATIONS",
+    "ADAPTER_PREFIX",
     "FastTanh",
     "TRAIN_ACT_MODULES",
     "fast_tanh",
@@ -94,6 +95,7 @@ __all__ = [
     "functional_mlp",
     "make_target_mlp",
     "mlp_layer_count",
+    "split_adapter",
     "target_shapes",
 ]
 
@@ -221,15 +223,46 @@ def mlp_layer_count(weights: Mapping[str, Tensor]) -> int:
     return n
 
 
+ADAPTER_PREFIX = "adapter."
+
+
+def split_adapter(weights: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split a weight dict into the main MLP's entries and the residual adapter's
+    (``"adapter.0.weight"`` ... renamed ``"0.weight"`` ...; empty without an adapter)."""
+    main = {k: v for k, v in weights.items() if not k.startswith(ADAPTER_PREFIX)}
+    adapter = {k[len(ADAPTER_PREFIX):]: v for k, v in weights.items() if k.startswith(ADAPTER_PREFIX)}
+    return main, adapter
+
+
 def functional_mlp(weights: Mapping[str, Tensor], x: Tensor, activation: str) -> Tensor:
     """Apply B generated MLPs to their own inputs in one batched pass (pure function).
 
     weights: ``"{2i}.weight" [B, out_i, in_i]`` and ``"{2i}.bias" [B, out_i]`` (extra keys,
-        e.g. ``log_std``, are ignored).
+        e.g. ``log_std``, are ignored). A weight may be an ``expand``-ed shared tensor
+        (stride 0 over B). With ``"adapter.{2j}.weight"`` / ``"adapter.{2j}.bias"`` entries
+        (``model.arch: adapter``) a residual adapter MLP runs after the first hidden layer:
+        ``h1 <- h1 + adapter(h1)`` (Beukman et al., "Dynamics Generalisation in
+        Reinforcement Learning via Adaptive Context-Aware Policies", NeurIPS 2023).
     x: ``[B, in]`` (one input per variant) or ``[B, S, in]`` (S inputs per variant, e.g. a
         rollout column of T timesteps).
     Returns ``[B, out]`` or ``[B, S, out]``; the activation follows every layer but the last.
     """
+    main, adapter = split_adapter(weights)
+    if not adapter:
+        return _mlp(main, x, activation, last_activation=False)
+    n = mlp_layer_count(main)
+    if n < 2:
+        raise HyperrlError("an adapter needs a target MLP with at least one hidden layer")
+    first = {"0.weight": main["0.weight"], "0.bias": main["0.bias"]}
+    h = _mlp(first, x, activation, last_activation=True)  # [B, (S,) h1]
+    h = h + _mlp(adapter, h, activation, last_activation=False)
+    rest = {f"{2 * (i - 1)}.{kind}": main[f"{2 * i}.{kind}"] for i in range(1, n) for kind in ("weight", "bias")}
+    return _mlp(rest, h, activation, last_activation=False)
+
+
+def _mlp(weights: Mapping[str, Tensor], x: Tensor, activation: str, last_activation: bool) -> Tensor:
+    """:func:`functional_mlp` without the adapter; ``last_activation`` also activates the
+    last layer's output (the first half of an adapter network)."""
     act = ACTIVATIONS[_check_activation(activation)]
     n = mlp_layer_count(weights)
     if x.dim() == 2:
@@ -242,7 +275,7 @@ def functional_mlp(weights: Mapping[str, Tensor], x: Tensor, activation: str) ->
             h = (w * h.unsqueeze(1)).sum(-1)  # [B, out]
             if b is not None:
                 h = h + b
-            if i < n - 1:
+            if i < n - 1 or last_activation:
                 h = act(h)
         return h
     if x.dim() != 3:
@@ -258,7 +291,7 @@ def functional_mlp(weights: Mapping[str, Tensor], x: Tensor, activation: str) ->
             ht = torch.bmm(w, ht)  # [B, out, S]
         else:
             ht = torch.baddbmm(b.unsqueeze(2), w, ht)  # [B, out, 1] + [B, out, in] @ [B, in, S]
-        if i < n - 1:
+        if i < n - 1 or last_activation:
             ht = act(ht)
     return ht.transpose(1, 2)  # [B, S, out] (a view of the [B, out, S] result)
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from hyperrl.errors import HyperrlError
 from hyperrl.families import Family
-from hyperrl.hypernet import make_target_mlp, mlp_layer_count
+from hyperrl.hypernet import ADAPTER_PREFIX, make_target_mlp, mlp_layer_count
 from hyperrl.ppo import Categorical, DiagGaussian, clip_action
 
 __all__ = ["GeneratedPolicy", "PolicyModule", "ArgmaxHead", "ClipHead"]
@@ -95,6 +95,9 @@ class GeneratedPolicy:
         values: torch.Tensor | None = None,
         seed: int = 0,
     ):
+        if any(k.startswith(ADAPTER_PREFIX) for k in weights):
+            raise HyperrlError("a policy with a residual adapter (model.arch adapter) is not a plain MLP: "
+                               "it has no standalone GeneratedPolicy or export; evaluate it through its run")
         n = mlp_layer_count(weights)
         self.weights = {f"{2 * i}.{k}": weights[f"{2 * i}.{k}"].detach() for i in range(n) for k in ("weight", "bias")}
         w0 = self.weights["0.weight"]

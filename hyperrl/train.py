@@ -14,7 +14,6 @@ separate and tested alone: :func:`collect_rollout`, :func:`advantages`,
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -651,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--env-family is required (or --resume RUN_DIR)")
     family = load_family(args.env_family)
     cfg = resolve_config(family, args.config, args.overrides, args.seed, args.total_steps, args.device)
+    if cfg.env.distractors:
+        family = family.with_distractors(cfg.env.distractors)
     parse_device(cfg.device)  # fail before creating anything
     batch = cfg.env.num_envs * cfg.ppo.num_steps
     if cfg.num_updates * batch != cfg.total_steps:  # say so instead of overshooting silently
@@ -665,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         save_config(cfg, run_dir / "config.yaml")
         write_json(run_dir / "run.json", {"method": "hyperrl", "family": family.name, "seed": cfg.seed,
                                           "version": __version__})
-        shutil.copyfile(family.source, run_dir / "family.yaml")
+        family.save_copy(run_dir / "family.yaml")
         metrics = train(cfg, family, run_dir)
     print(f"run dir: {run_dir}")
     print(f"held-out return: interpolation {metrics['eval_interpolation_return']:.1f}, "

@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from hyperrl.archs import ARCHS
 from hyperrl.config import Checked, opt
 from hyperrl.seeding import MAX_SEED
 
@@ -24,6 +25,10 @@ MAX_NUM_ENVS = 2**24
 @dataclass(frozen=True)
 class EnvConfig(Checked):
     num_envs: int = opt(1024, "parallel variants N, each its own parameter values", min=1, max=MAX_NUM_ENVS)
+    distractors: int = opt(0, "K irrelevant context dimensions appended to every variant's context: "
+                           "drawn per variant, uniform in [-1, 1], no effect on the physics (Decision "
+                           "Adapter's distractor test). 0 keeps the family file's `distractors` (default 0)",
+                           min=0, max=4096)
     backend: str = opt("auto", "auto: the family's batched simulator when it has one; "
                        "gymnasium: gymnasium.vector with per-env parameters",
                        choices=("auto", "batched", "gymnasium"))
@@ -46,12 +51,18 @@ class EnvConfig(Checked):
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):
+    arch: str = opt("hyper", "how the context enters the policy (hyperrl/archs.py): hyper (a hypernetwork "
+                    "generates every weight), concat (MLP on [observation, context]), blind (observation "
+                    "only: domain randomisation), cgate (observation features gated by context features; "
+                    "Benjamins et al. 2023), adapter (shared MLP + hypernetwork-generated residual adapter; "
+                    "Beukman et al. 2023). The critic is the same for every arch", choices=ARCHS)
+    adapter_sizes: tuple[int, ...] = opt((32,), "hidden sizes of the adapter MLP (arch adapter)", min=1)
     hidden_sizes: tuple[int, ...] = opt((64, 64), "hidden sizes of the generated policy MLP", min=1)
     activation: str = opt("tanh", "activation of the generated policy (and critic); fast_tanh: tanh "
                           "computed as 2*sigmoid(2x)-1 on CPU (~5x cheaper there, same values to ~1e-7; "
                           "exports use nn.Tanh)", choices=("tanh", "fast_tanh", "relu", "elu", "silu"))
-    embed_sizes: tuple[int, ...] = opt((64, 64), "hidden sizes of the hypernetwork's context-embedding MLP",
-                                       min=1)
+    embed_sizes: tuple[int, ...] = opt((64, 64), "hidden sizes of the hypernetwork's context-embedding MLP "
+                                       "(arch hyper, adapter) or of the context-feature MLP (cgate)", min=1)
     init: str = opt("bias_hyperinit", "hypernetwork head init: bias_hyperinit (Beck et al. 2022) or "
                     "hyperfan_in (Chang et al. 2020)", choices=("bias_hyperinit", "hyperfan_in"))
     chunk_size: int = opt(0, "generate weights in chunks of this size from learned chunk "
@@ -66,6 +77,13 @@ class ModelConfig(Checked):
     log_std: str = opt("learned", "continuous actions: learned state-independent log-std, or "
                        "generated per variant", choices=("learned", "generated"))
     log_std_init: float = opt(0.0, "initial log-std of the Gaussian policy")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.log_std == "generated" and self.arch != "hyper":
+            raise ValueError(f"model.log_std generated needs model.arch hyper (got {self.arch})")
+        if self.arch in ("cgate", "adapter") and not self.hidden_sizes:
+            raise ValueError(f"model.arch {self.arch} needs at least one hidden layer (model.hidden_sizes)")
 
 
 @dataclass(frozen=True)
