@@ -315,7 +315,8 @@ class ParamSpec:
         """[...] values -> [..., context_dim]: (sign,) then the min-max scaled magnitude."""
         lo, hi = self.context_range()
         scaled = self._scaled(x)
-        norm = 2.0 * (scaled - lo) / max(hi - lo, 1e-12) - 1.0
+        # a one-value train range has no spread to normalise by: its context is 0
+        norm = 2.0 * (scaled - lo) / (hi - lo) - 1.0 if hi > lo else torch.zeros_like(scaled)
         if self.signed:
             return torch.stack([torch.sign(x), norm], dim=-1)
         return norm.unsqueeze(-1)
@@ -720,12 +721,13 @@ class _Reader:
             raise self.fail(where, f"expected a finite number, got {obj!r}")
         return float(obj)
 
-    def interval(self, obj: Any, where: str) -> tuple[float, float]:
+    def interval(self, obj: Any, where: str, point: bool = False) -> tuple[float, float]:
+        """``[low, high]`` with low < high (``point``: low == high is allowed too)."""
         if not isinstance(obj, (list, tuple)) or len(obj) != 2:
             raise self.fail(where, f"expected [low, high], got {obj!r}")
         lo, hi = self.number(obj[0], f"{where}[0]"), self.number(obj[1], f"{where}[1]")
-        if not lo < hi:
-            raise self.fail(where, f"low must be < high, got [{lo:g}, {hi:g}]")
+        if not (lo <= hi if point else lo < hi):
+            raise self.fail(where, f"low must be {'<=' if point else '<'} high, got [{lo:g}, {hi:g}]")
         return lo, hi
 
     def choice(self, obj: Any, where: str, options: Sequence[str]) -> str:
@@ -757,7 +759,11 @@ def _parse_param(r: _Reader, name: str, raw: Any) -> ParamSpec:
     ranges_raw = train["ranges"]
     if not isinstance(ranges_raw, list) or not ranges_raw:
         raise r.fail(f"{where}.train.ranges", "expected a non-empty list of [low, high] intervals")
-    ranges = tuple(r.interval(x, f"{where}.train.ranges[{i}]") for i, x in enumerate(ranges_raw))
+    # A point [v, v] trains on the one value v (a family of one variant: an oracle's).
+    ranges = tuple(r.interval(x, f"{where}.train.ranges[{i}]", point=True) for i, x in enumerate(ranges_raw))
+    if len(ranges) > 1 and any(lo == hi for lo, hi in ranges):
+        raise r.fail(f"{where}.train.ranges", "a point [v, v] must be the only range (it has no length to "
+                     "sample in proportion to)")
     spec = ParamSpec(name=name, bounds=bounds, signed=signed, context=context, dist=dist,
                      train_ranges=ranges, unit=str(d.get("unit", "")),
                      description=str(d.get("description", "")))

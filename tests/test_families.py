@@ -736,3 +736,23 @@ def test_label_is_the_one_spelling_of_a_variant():
     assert fam.label(torch.tensor([2.0, 0.5])) == "m=2,l=0.5"
     assert fam.label([0.30000001, 1.7]) == "m=0.3,l=1.7"
     assert load_family("cartpole-actuator").label(torch.tensor([[-1.0]])) == "force_mag=-1"
+
+
+def test_a_point_train_range_is_a_one_variant_family(tmp_path):
+    """An oracle's family: train on exactly one value; its context is 0 (no spread to scale by)."""
+    from hyperrl.families import FamilyError, family_from_dict
+    from hyperrl.yamlio import read_yaml_file
+
+    raw = read_yaml_file(load_family("cartpole-actuator").source)
+    raw["params"]["force_mag"]["train"] = {"dist": "uniform", "ranges": [[-4.0, -4.0]]}
+    raw["heldout"] = {"interpolation": {"values": [-4.0]}, "extrapolation": {"values": [4.0]}}
+    fam = family_from_dict(raw, "one.yaml")
+    v = fam.sample(5, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(v, torch.full((5, 1), -4.0, dtype=torch.float64))
+    assert torch.equal(fam.context(v), torch.tensor([[-1.0, 0.0]] * 5, dtype=torch.float64))
+    raw["params"]["force_mag"]["train"]["ranges"] = [[-4.0, -4.0], [5.0, 6.0]]
+    with pytest.raises(FamilyError, match="a point \\[v, v\\] must be the only range"):
+        family_from_dict(raw, "two.yaml")
+    raw["params"]["force_mag"]["train"]["ranges"] = [[-3.0, -4.0]]
+    with pytest.raises(FamilyError, match="low must be <= high"):
+        family_from_dict(raw, "bad.yaml")

@@ -1,0 +1,230 @@
+"""The field's protocol: every architecture, many seeds, normalised scores, one family per command.
+
+    python benchmarks/protocol.py --family cartpole-actuator                    # 10 seeds x 5 archs
+    python benchmarks/protocol.py --family pendulum-actuator --seeds 5
+    python benchmarks/protocol.py --family cartpole-actuator --distractors 100 --seeds 5
+    python benchmarks/protocol.py --family cartpole-actuator --tune ppo.lr=0.001,0.0025 --tune-seeds 2
+
+All architectures (``model.arch``: hyper, adapter, cgate, concat, blind) train with the same
+PPO, the family's config (``configs/<family>.yaml``), the same simulators and the same env-step
+budget (``--steps``, default the config's ``total_steps``), so a comparison measures the
+architecture and nothing else. Then, for the family:
+
+1. train ``arch`` x ``seed`` (``python -m hyperrl.train --set model.arch=A --seed S``), each
+   run's final policy evaluated on every held-out variant (``python -m hyperrl.evaluate RUN
+   --split all --checkpoint latest``: the 'best' checkpoint is chosen on the held-out sets);
+2. oracles: for each held-out variant a ``blind`` policy trained on that variant alone (a
+   one-variant family written next to the runs), ``--oracle-steps`` env steps, evaluated
+   on its variant; the random-policy return is computed by ``hyperrl.compare``;
+3. ``python -m hyperrl.compare RUNS --oracle ORACLES``: per variant
+   ``(R - R_random) / (R_oracle - R_random)``, IQM with 95 % stratified-bootstrap CIs,
+   probability of improvement of ``hyper`` over every other arch, performance profiles
+   (table and PNGs in ``<out>/<family>[-dK]/comparison``), then the issue's target ratios.
+
+``--tune KEY=V1,V2,...`` first tries every value for every arch on ``--tune-seeds`` seeds
+(seeds 1001, 1002, ... so tuning never sees an evaluation seed) and keeps, per arch, the
+value with the best IQM of raw return on the *interpolation* set (extrapolation stays
+unseen); the choices are printed and saved in ``<out>/<family>/tuning.json``.
+
+Every run and evaluation is reused when the script runs again with the same ``--out``
+(default ``runs/protocol``); ``--workers`` processes run at once, one torch thread each.
+Each command's output is in ``<out>/logs``; the wall-clock of each phase is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_compare import parse_list, parse_seeds  # noqa: E402
+from hyperrl.archs import ARCHS  # noqa: E402
+from hyperrl.families import SPLITS, Family, load_family  # noqa: E402
+from hyperrl.yamlio import read_yaml_file  # noqa: E402
+
+ARCH_ORDER = ("hyper", "adapter", "cgate", "concat", "blind")
+EVAL_NAME = "heldout-all"
+TUNE_SEED0 = 1000
+
+
+def run_cmd(cmd: list[str], log: Path) -> None:
+    """Run one command with one torch thread, output to ``log``; raise with the log's tail on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc != 0:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise RuntimeError(f"{' '.join(cmd[2:5])}... failed (exit {rc}); {log}: {' | '.join(tail)}")
+
+
+def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, sets: list[str],
+                       episodes: int, logs: Path, evaluate_args: list[str] | None = None) -> Path:
+    """One training run and its held-out evaluation; both skipped when already done."""
+    py = sys.executable
+    results = run_dir / "eval" / EVAL_NAME / "results.json"
+    if results.is_file():
+        return run_dir
+    if not (run_dir / "metrics.json").is_file():
+        if run_dir.exists():  # an unfinished run: move it aside, never delete
+            run_dir.rename(run_dir.with_name(run_dir.name + f".unfinished-{int(time.time())}"))
+        cmd = [py, "-m", "hyperrl.train", "--env-family", family_arg, "--seed", str(seed),
+               "--total-steps", str(steps), "--device", "cpu", "--run-dir", str(run_dir),
+               "--set", "progress=false"]
+        for s in sets:
+            cmd += ["--set", s]
+        run_cmd(cmd, logs / f"{run_dir.parent.name}-{run_dir.name}-train.log")
+    # the final policy: a 'best' checkpoint is chosen on the held-out sets themselves
+    cmd = [py, "-m", "hyperrl.evaluate", str(run_dir), "--episodes", str(episodes), "--name", EVAL_NAME,
+           "--checkpoint", "latest", "--force", *(evaluate_args or ["--split", "all"])]
+    run_cmd(cmd, logs / f"{run_dir.parent.name}-{run_dir.name}-eval.log")
+    return run_dir
+
+
+def oracle_family(family: Family, values: list[float], path: Path) -> Path:
+    """A one-variant family YAML: every parameter's train range is the point ``values``."""
+    raw = read_yaml_file(family.source)
+    for (name, spec), v in zip(raw["params"].items(), values):
+        spec["train"] = {"dist": "uniform", "ranges": [[v, v]]}
+    first = family.params[0]
+    # held-out sets are required; the extrapolation point only has to lie outside the train point
+    other = [-values[0] if first.signed else (first.bounds[1] if values[0] != first.bounds[1] else first.bounds[0]),
+             *values[1:]]
+    names = list(raw["params"])
+    raw["heldout"] = {"interpolation": {"values": [dict(zip(names, values))]},
+                      "extrapolation": {"values": [dict(zip(names, other))]}}
+    raw["name"] = f"{family.name}-oracle"
+    raw.pop("distractors", None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def iqm(x: list[float]) -> float:
+    from hyperrl.compare import iqm as _iqm
+
+    return float(_iqm(x))
+
+
+def split_returns(run_dir: Path, split: str) -> list[float]:
+    res = json.loads((run_dir / "eval" / EVAL_NAME / "results.json").read_text())
+    return [float(v["mean"]) for v in res["variants"] if v.get("split") == split]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", required=True)
+    ap.add_argument("--archs", type=lambda s: parse_list(s, ARCHS), default=list(ARCH_ORDER))
+    ap.add_argument("--seeds", type=parse_seeds, default=parse_seeds("10"), help="a count (1..N) or a list")
+    ap.add_argument("--steps", type=int, default=None, help="env steps per run (default: the config's)")
+    ap.add_argument("--distractors", type=int, default=0, help="K irrelevant context dimensions")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
+    ap.add_argument("--oracle-steps", type=int, default=None, help="env steps per oracle (default: --steps)")
+    ap.add_argument("--episodes", type=int, default=10, help="evaluation episodes per held-out variant")
+    ap.add_argument("--tune", default=None, metavar="KEY=V1,V2,...", help="small equal tuning budget per arch")
+    ap.add_argument("--tune-seeds", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default="runs/protocol")
+    ap.add_argument("--bootstrap-reps", type=int, default=2000)
+    args = ap.parse_args(argv)
+
+    t0 = time.perf_counter()
+    family = load_family(args.family)
+    config = read_yaml_file(ROOT / "configs" / f"{family.name}.yaml")
+    steps = args.steps or int(config["total_steps"])
+    oracle_steps = args.oracle_steps or steps
+    tag = family.name + (f"-d{args.distractors}" if args.distractors else "")
+    out = Path(args.out) / tag
+    logs = Path(args.out) / "logs"
+    base_sets = [f"env.distractors={args.distractors}", *args.sets]
+    pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
+    print(f"{tag}: archs {', '.join(args.archs)}; seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)}); "
+          f"{steps:,} env steps per run; {args.workers} worker(s); out {out}")
+
+    # ---- tuning (interpolation only) -----------------------------------------------------
+    chosen: dict[str, list[str]] = {a: [] for a in args.archs}
+    if args.tune:
+        t = time.perf_counter()
+        key, vals = args.tune.split("=", 1)
+        values = [v for v in vals.split(",") if v]
+        tune_seeds = [TUNE_SEED0 + i for i in range(1, args.tune_seeds + 1)]
+        jobs = {(a, v, s): pool.submit(train_and_evaluate, args.family, out / "tuning" / f"{a}-{key}={v}" / f"s{s}",
+                                       s, steps, [*base_sets, f"model.arch={a}", f"{key}={v}"], args.episodes, logs)
+                for a in args.archs for v in values for s in tune_seeds}
+        table = {}
+        for a in args.archs:
+            scores = {v: iqm([r for s in tune_seeds for r in split_returns(jobs[(a, v, s)].result(), "interpolation")])
+                      for v in values}
+            best = max(values, key=lambda v: scores[v])
+            chosen[a] = [f"{key}={best}"]
+            table[a] = {"scores": scores, "chosen": best}
+            print(f"  tune {a:8s} " + "  ".join(f"{key}={v}: {scores[v]:.1f}" for v in values) + f"  -> {best}")
+        (out / "tuning.json").write_text(json.dumps({"key": key, "seeds": tune_seeds, "archs": table}, indent=1))
+        print(f"tuning: {len(jobs)} runs in {time.perf_counter() - t:.0f} s")
+    elif (out / "tuning.json").is_file():  # a later run of the protocol keeps the tuned values
+        tuned = json.loads((out / "tuning.json").read_text())
+        for a in args.archs:
+            if a in tuned["archs"]:
+                chosen[a] = [f"{tuned['key']}={tuned['archs'][a]['chosen']}"]
+        print("tuned settings (tuning.json): " + ", ".join(f"{a}: {' '.join(c) or 'config'}" for a, c in chosen.items()))
+
+    # ---- the runs ---------------------------------------------------------------------------
+    t = time.perf_counter()
+    runs = {(a, s): pool.submit(train_and_evaluate, args.family, out / a / f"s{s}", s, steps,
+                                [*base_sets, f"model.arch={a}", *chosen[a]], args.episodes, logs)
+            for s in args.seeds for a in args.archs}
+    # ---- oracles: one blind policy per held-out variant, trained on that variant alone ------
+    oracles = []
+    for split in SPLITS:
+        for v in family.heldout_values(split).tolist():
+            label = family.label(v).replace("=", "").replace(",", "_")
+            fam_path = oracle_family(family, v, out.parent / f"{family.name}-oracles" / label / "family.yaml")
+            run_dir = fam_path.parent / "run"
+            oracles.append(pool.submit(
+                train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps, ["model.arch=blind", *args.sets],
+                args.episodes, logs, ["--split", "interpolation"]))
+    run_dirs = [f.result() for f in runs.values()]
+    oracle_dirs = [f.result() for f in oracles]
+    print(f"runs: {len(run_dirs)} + {len(oracle_dirs)} oracles in {time.perf_counter() - t:.0f} s")
+
+    # ---- statistics -------------------------------------------------------------------------
+    cmp_out = out / "comparison"
+    cmd = [sys.executable, "-m", "hyperrl.compare", *map(str, run_dirs), "--oracle", *map(str, oracle_dirs),
+           "--eval-name", EVAL_NAME, "--out", str(cmp_out), "--force", "--bootstrap-reps", str(args.bootstrap_reps)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    print_targets(cmp_out / "comparison.json", family.name)
+    print(f"{tag}: wall-clock {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def print_targets(path: Path, family: str) -> None:
+    """The issue's targets on this family, from compare's JSON."""
+    summary = json.loads(path.read_text())
+    fam = summary["families"][family] if "families" in summary else summary
+    for split in SPLITS:
+        stats = fam.get("normalised", fam).get(split) if isinstance(fam, dict) else None
+        if not stats:
+            continue
+        iq = {m: s["iqm"] for m, s in stats["methods"].items()}
+        if "hyper" not in iq:
+            continue
+        parts = [f"hyper/{m} {iq['hyper'] / iq[m]:.2f}x" for m in iq if m != "hyper" and iq[m] > 0]
+        pis = [f"P(hyper>{m}) {p['pe']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]"
+               for m, p in stats.get("improvement", {}).items()]
+        print(f"  {split}: IQM hyper {iq['hyper']:.3f}; " + ", ".join(parts) + ("; " + ", ".join(pis) if pis else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
