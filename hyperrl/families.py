@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from hyperrl import gym_envs  # noqa: F401 - registers hyperrl's env ids wherever a family can be made
 from hyperrl.errors import FamilyError
 from hyperrl.resources import builtin_dir
 from hyperrl.yamlio import YamlInputError, read_yaml_file
