@@ -6,8 +6,8 @@
         [--eval-episodes E] [--eval-interval-steps S] [--threads T] [--set KEY=VALUE ...]
 
 Every method is SB3 PPO (``MlpPolicy``) with rl-baselines3-zoo's tuned hyperparameters for
-the family's env id (:data:`ZOO_HYPERPARAMS`; SB3's defaults for an env id the
-zoo table lacks), on real Gymnasium envs (:class:`hyperrl.wrappers.FamilyEnv`):
+the family's env id (:data:`ZOO_HYPERPARAMS`, those of the Gymnasium env a hyperrl env
+extends; SB3's defaults for an env id the zoo table lacks), on real Gymnasium envs (:class:`hyperrl.wrappers.FamilyEnv`):
 
 * ``dr`` (domain randomisation): one policy; the parameters are re-drawn from the train
   distribution every episode; the policy never sees them.
@@ -53,6 +53,7 @@ from hyperrl.episodes import HELDOUT_EVAL_SEED, Actor, ActorFactory, evaluate_va
 from hyperrl.errors import HyperrlError
 from hyperrl.families import SPLITS, Family, load_family
 from hyperrl.fileio import fresh_run_dir, write_json
+from hyperrl.gym_envs import base_env_id
 from hyperrl.ppo import clip_action
 from hyperrl.runs import Values, read_metrics, read_run_info
 from hyperrl.wrappers import FamilyEnv
@@ -139,8 +140,7 @@ def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu",
         raise ValueError(f"method must be 'dr', 'concat' or 'oracle', got {method!r}")
     if (method == "oracle") != (values is not None):
         raise ValueError("values are required for 'oracle' and only for it")
-    hp = dict(ZOO_HYPERPARAMS.get(family.env_id, {}))
-    hp.update(overrides)
+    hp = hyperparams(family, overrides)
     n_envs = hp.pop("n_envs", 1)
     venv = make_vec_env(
         lambda rank=0: FamilyEnv(family, values=values, append_context=(method == "concat"),
@@ -295,8 +295,9 @@ def _check_hp(key: str, value: Any, default: Any, text: str) -> Any:
 
 
 def hyperparams(family: Family, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The zoo hyperparameters for the family's env id (``{}`` -> SB3 defaults), overridden."""
-    hp = dict(ZOO_HYPERPARAMS.get(family.env_id, {}))
+    """The zoo hyperparameters for the family's env id (``{}`` -> SB3 defaults), overridden.
+    A hyperrl env (``hyperrl/PendulumActuator-v1``) takes those of the Gymnasium env it extends."""
+    hp = dict(ZOO_HYPERPARAMS.get(base_env_id(family.env_id), {}))
     hp.update(overrides or {})
     return hp
 
@@ -642,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "method": args.method, "family": family.name, "seed": args.seed, "total_steps": args.total_steps,
             "algorithm": "stable-baselines3 PPO MlpPolicy",
             "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
-            "hyperparams_source": ("rl-baselines3-zoo" if family.env_id in ZOO_HYPERPARAMS else "sb3-defaults")
+            "hyperparams_source": ("rl-baselines3-zoo" if base_env_id(family.env_id) in ZOO_HYPERPARAMS else "sb3-defaults")
                                   + (" + --set" if overrides else ""),
             "device": device, "torch_threads": torch.get_num_threads() if not args.threads else args.threads,
             "eval_episodes": args.eval_episodes, "version": __version__,

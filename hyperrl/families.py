@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 import yaml
 
+from hyperrl import gym_envs  # noqa: F401 - registers hyperrl's env ids wherever a family can be made
 from hyperrl.errors import FamilyError
 from hyperrl.fileio import atomic_write_text
 from hyperrl.resources import builtin_dir

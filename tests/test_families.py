@@ -22,8 +22,8 @@ from hyperrl.families import (
     load_family,
 )
 
-BUILTINS = ["acrobot-links", "cartpole-actuator", "cartpole-mass", "cartpole-mass-length",
-            "pendulum-mass-length"]
+BUILTINS = ["acrobot-actuator", "acrobot-links", "cartpole-actuator", "cartpole-mass", "cartpole-mass-length",
+            "pendulum-actuator", "pendulum-mass-length"]
 
 
 def raw_builtin(name: str) -> dict:
@@ -622,7 +622,7 @@ def test_context_signed_gives_sign_and_magnitude():
     assert c2[0, 0] == -1.0 and c2[0, 1] == pytest.approx(c[4, 1].item())
 
 
-@pytest.mark.parametrize("name", ["cartpole-actuator", "cartpole-mass-length", "acrobot-links"])
+@pytest.mark.parametrize("name", ["cartpole-actuator", "cartpole-mass-length", "acrobot-links", "pendulum-actuator"])
 def test_context_any_leading_shape(name):
     fam = load_family(name)
     v = fam.sample(24, gen(0))

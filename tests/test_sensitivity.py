@@ -72,8 +72,8 @@ def _differ(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_every_family_has_cases():
     names = list_families()
-    assert {"cartpole-mass", "cartpole-mass-length", "cartpole-actuator",
-            "pendulum-mass-length", "acrobot-links"} <= set(names)
+    assert {"cartpole-mass", "cartpole-mass-length", "cartpole-actuator", "pendulum-mass-length",
+            "acrobot-links", "pendulum-actuator", "acrobot-actuator"} <= set(names)
     assert len(CASES) >= sum(load_family(n).num_params for n in names)
 
 
@@ -118,6 +118,76 @@ def test_parameter_changes_batched_trajectory(family_name, param):
     traj = torch.stack(obs).numpy()
     change = float(np.abs(traj[:, 0] - traj[:, 1]).max())
     assert change > MIN_CHANGE, f"batched {family_name}: {param} left the run unchanged"
+
+
+# ------------------------------------------------------------------------------------------
+# A signed parameter is a motor's sign: flipping it reverses the response to the same action.
+# CartPole, Pendulum and Acrobot are odd-symmetric about the state 0 (gravity enters through
+# sin, the rest is even or odd accordingly), so from the mirrored state the same action
+# under the opposite sign leads to the mirrored next state, with the same reward.
+# ------------------------------------------------------------------------------------------
+SIGNED = [(f, p) for f, p in CASES if load_family(f).spec(p).signed]
+MIRROR_TOL = 1e-9  # one step: sin/cos of -x vs x and angle_normalize round differently in the last bits
+
+
+def _signed_values(family, param: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The family's first interpolation point with ``param`` positive, then negative."""
+    j = family.param_names.index(param)
+    pos = family.heldout_values("interpolation")[0].clone()
+    pos[j] = abs(float(pos[j]))
+    neg = pos.clone()
+    neg[j] = -pos[j]
+    return pos, neg
+
+
+def test_every_signed_family_is_checked():
+    assert {f for f, _ in SIGNED} >= {"cartpole-actuator", "pendulum-actuator", "acrobot-actuator"}
+
+
+@pytest.mark.parametrize(("family_name", "param"), SIGNED, ids=[f"{f}:{p}" for f, p in SIGNED])
+def test_sign_flip_mirrors_the_gymnasium_step(family_name, param):
+    family = load_family(family_name)
+    pos, neg = _signed_values(family, param)
+    envs = [family.make_env(pos), family.make_env(neg)]
+    for e in envs:
+        e.reset(seed=0)
+    actions = _actions(envs[0].action_space, seed=1)
+    state = np.asarray(envs[0].unwrapped.state, dtype=np.float64)
+    moved = 0.0
+    for t, a in enumerate(actions[:20]):
+        envs[0].unwrapped.state = state.copy()
+        envs[1].unwrapped.state = -state
+        (_, r_pos, term, trunc, _), (_, r_neg, *_) = envs[0].step(a), envs[1].step(a)
+        nxt = [np.asarray(e.unwrapped.state, dtype=np.float64) for e in envs]
+        np.testing.assert_allclose(nxt[1], -nxt[0], rtol=0, atol=MIRROR_TOL, err_msg=f"step {t}")
+        assert r_neg == pytest.approx(r_pos, abs=MIRROR_TOL), f"step {t}"
+        moved = max(moved, float(np.abs(nxt[0] - nxt[1]).max()))
+        if term or trunc:
+            break
+        state = nxt[0]
+    assert moved > MIN_CHANGE  # the states did move apart: the mirror is not the trivial state 0
+    for e in envs:
+        e.close()
+
+
+@pytest.mark.parametrize(("family_name", "param"), SIGNED, ids=[f"{f}:{p}" for f, p in SIGNED])
+def test_sign_flip_mirrors_the_batched_step(family_name, param):
+    family = load_family(family_name)
+    pos, neg = _signed_values(family, param)
+    sim = make_vec_env(family, 2, dtype=F64, seed=0)
+    sim.reset(params=torch.stack([pos, neg]))
+    state = sim.state[0].clone()
+    discrete = isinstance(sim.single_action_space, gym.spaces.Discrete)
+    for t, a in enumerate(_actions(sim.single_action_space, seed=1)[:20]):
+        sim.state = torch.stack([state, -state])
+        act = torch.tensor([a, a]) if discrete else torch.as_tensor(np.stack([a, a]), dtype=F64)
+        out = sim.step(act)
+        if bool((out.terminated | out.truncated).any()):
+            break
+        torch.testing.assert_close(sim.state[1], -sim.state[0], rtol=0, atol=MIRROR_TOL, msg=f"step {t}")
+        torch.testing.assert_close(out.reward[1], out.reward[0], rtol=0, atol=MIRROR_TOL)
+        state = sim.state[0].clone()
+    assert t >= 5 and float(state.abs().max()) > MIN_CHANGE
 
 
 # ------------------------------------------------------------------------------------------

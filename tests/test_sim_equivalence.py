@@ -88,11 +88,14 @@ def cartpole_actions(obs: np.ndarray, force_sign: np.ndarray, p_random: np.ndarr
     return np.where(random, rng.integers(0, 2, len(obs)), push_right.astype(np.int64))
 
 
-def acrobot_actions(obs: np.ndarray, p_random: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Pump energy (torque +1 while the second link swings one way, -1 the other: reaches the
-    goal height in ~100 steps at the default links) with some random torques mixed in;
-    ``p_random`` 0 terminates episodes quickly, 1 mostly runs into the 500-step limit."""
-    pump = np.where(obs[:, 5] > 0, 2, 0)
+def acrobot_actions(obs: np.ndarray, p_random: np.ndarray, rng: np.random.Generator,
+                    torque_sign: np.ndarray | None = None) -> np.ndarray:
+    """Pump energy (torque +1 while the second link swings one way, -1 the other, through the
+    motor's sign: reaches the goal height in ~100 steps at the default links) with some
+    random torques mixed in; ``p_random`` 0 terminates episodes quickly, 1 mostly runs into
+    the 500-step limit."""
+    forward = obs[:, 5] > 0
+    pump = np.where(forward if torque_sign is None else forward == (torque_sign > 0), 2, 0)
     random = rng.random(len(obs)) < p_random
     return np.where(random, rng.integers(0, 3, len(obs)), pump)
 
@@ -151,18 +154,20 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: boo
     is_acrobot = isinstance(sim, BatchedAcrobot)
     if is_acrobot:
         sim.wrap_checked = not branch_free  # the accelerator path wraps without a host sync
-    force_col = family.param_names.index("force_mag") if "force_mag" in family.param_names else None
+    # the motor's sign (CartPole's force_mag, Pendulum's and Acrobot's torque_gain): the
+    # balancing and pumping policies push through it
+    sign_col = next((j for j, p in enumerate(family.params) if p.signed), None)
     p_random = np.array([0.0, 0.02, 0.3, 1.0])[np.arange(n) % 4]
     nudge_at = rng.integers(0, steps, size=(3, n)) if nudge else np.full((3, n), -1)
     terminations = np.zeros(n, dtype=int)
     truncations = np.zeros(n, dtype=int)
     for t in range(steps):
         where = f"{family_name} step {t}"
+        sign = current[:, sign_col].numpy() if sign_col is not None else np.ones(n)
         if is_cartpole:
-            sign = current[:, force_col].numpy() if force_col is not None else np.ones(n)
             actions = cartpole_actions(obs, sign, p_random, rng)
         elif is_acrobot:
-            actions = acrobot_actions(obs, p_random, rng)
+            actions = acrobot_actions(obs, p_random, rng, sign)
         else:
             actions = rng.uniform(-3.0, 3.0, size=(n, 1))  # beyond +-max_torque: clipped
         assert torch.equal(sim.params, current), where
@@ -215,7 +220,8 @@ def test_batched_sim_matches_gymnasium_step_by_step(family_name, nudge):
 
 
 @pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
-@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links"])
+@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links",
+                                         "pendulum-actuator", "acrobot-actuator"])
 def test_branch_free_autoreset_matches_too(family_name, nudge):
     """The accelerator path (draw N starts and blend, no host sync; Acrobot's wrap without a
     host check), run on the CPU."""
@@ -229,24 +235,34 @@ def test_branch_free_autoreset_matches_too(family_name, nudge):
     (BatchedAcrobot, "Acrobot-v1", "LINK_MASS_2", 1.001),
     (BatchedAcrobot, "Acrobot-v1", "LINK_MOI", 1.001),
     (BatchedAcrobot, "Acrobot-v1", "dt", 0.2 * 1.001),
+    (BatchedPendulum, "hyperrl/PendulumActuator-v1", "torque_gain", 1.001),
+    (BatchedPendulum, "hyperrl/PendulumActuator-v1", "torque_gain", -1.0),
+    (BatchedAcrobot, "hyperrl/AcrobotActuator-v1", "torque_gain", 1.001),
+    (BatchedAcrobot, "hyperrl/AcrobotActuator-v1", "torque_gain", -1.0),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_a_small_physics_error_is_caught(cls, env_id, name, value):
     """The tolerance sees a small physics error in one step: a sim with one attribute 0.1 %
-    off (CartPole's gravity or pole mass, Acrobot's second link, inertia or time step) fails
-    the step-by-step comparison from Gymnasium's first states."""
+    off (CartPole's gravity or pole mass, Acrobot's second link, inertia or time step, the
+    motor's gain) or a reversed motor fails the step-by-step comparison from Gymnasium's
+    first states."""
     sim = cls(4, (), dtype=F64, constants={name: value}, seed=0)
     sim.reset()
     envs = [gym.make(env_id) for _ in range(4)]
     for i, env in enumerate(envs):
         env.reset(seed=i)
+    if isinstance(sim.single_action_space, gym.spaces.Discrete):
+        actions = np.array([0, 1, 2, 0]) % sim.single_action_space.n  # Acrobot: 1 is no torque
+    else:
+        actions = np.array([[1.0], [-2.0], [0.5], [1.5]])
     with pytest.raises(AssertionError):
-        step_side_by_side(sim, envs, np.array([0, 1, 0, 1]), np.array([], dtype=int),
+        step_side_by_side(sim, envs, actions, np.array([], dtype=int),
                           np.random.default_rng(0), f"wrong {name}")
 
 
 @pytest.mark.parametrize(
     ("cls", "env_id"),
-    [(BatchedCartPole, "CartPole-v1"), (BatchedPendulum, "Pendulum-v1"), (BatchedAcrobot, "Acrobot-v1")],
+    [(BatchedCartPole, "CartPole-v1"), (BatchedPendulum, "Pendulum-v1"), (BatchedAcrobot, "Acrobot-v1"),
+     (BatchedPendulum, "hyperrl/PendulumActuator-v1"), (BatchedAcrobot, "hyperrl/AcrobotActuator-v1")],
 )
 def test_spaces_and_time_limit_match_gymnasium(cls, env_id):
     sim = cls(3, ())
@@ -302,7 +318,8 @@ def test_float32_default_and_device_consistency(family_name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links"])
+@pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links",
+                                         "pendulum-actuator", "acrobot-actuator"])
 def test_cuda_matches_cpu(family_name):
     """One re-synced step at a time (CUDA's sin/cos round differently from the CPU's)."""
     family = load_family(family_name)
@@ -350,6 +367,7 @@ _ATTRS = [
     (BatchedPendulum, "Pendulum-v1", "max_torque", (0.5, 2.5)),
     (BatchedPendulum, "Pendulum-v1", "max_speed", (1.0, 3.0)),
     (BatchedPendulum, "Pendulum-v1", "dt", (0.02, 0.07)),
+    (BatchedPendulum, "hyperrl/PendulumActuator-v1", "torque_gain", (-0.7, 1.6)),
     # Acrobot under the pumping policy: swings reach the velocity bounds and the goal height
     (BatchedAcrobot, "Acrobot-v1", "LINK_LENGTH_1", (0.5, 1.5)),
     (BatchedAcrobot, "Acrobot-v1", "LINK_MASS_1", (0.5, 2.0)),
@@ -360,11 +378,13 @@ _ATTRS = [
     (BatchedAcrobot, "Acrobot-v1", "MAX_VEL_1", (1.5, 6.0)),
     (BatchedAcrobot, "Acrobot-v1", "MAX_VEL_2", (3.0, 12.0)),
     (BatchedAcrobot, "Acrobot-v1", "dt", (0.1, 0.3)),
+    (BatchedAcrobot, "hyperrl/AcrobotActuator-v1", "torque_gain", (-1.3, 0.6)),
 ]
 
 
 @pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
-@pytest.mark.parametrize(("cls", "env_id", "name", "vals"), _ATTRS, ids=[f"{a[1][:-3]}:{a[2]}" for a in _ATTRS])
+@pytest.mark.parametrize(("cls", "env_id", "name", "vals"), _ATTRS,
+                         ids=[f"{a[1].split('/')[-1][:-3]}:{a[2]}" for a in _ATTRS])
 def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nudge):
     n = len(vals)
     sim = cls(n, (name,), dtype=F64, seed=0)
@@ -386,6 +406,23 @@ def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nu
             obs[i] = envs[i].reset()[0]  # the sim autoreset with the same values; re-synced next step
 
 
+def test_pendulum_torque_gain_with_float32_actions_matches_gymnasium():
+    """A float32 policy: Gymnasium's PendulumActuatorEnv computes ``torque_gain * u`` in float32
+    (a python float times np.float32, NumPy 2's promotion) and the float64 sim rounds the same
+    way (a float64 product would differ by ~1e-9 per step, far above TOL)."""
+    vals = (-0.7, 1.3, 0.35, -1.45)
+    n = len(vals)
+    sim = BatchedPendulum(n, ("torque_gain",), dtype=F64, seed=0)
+    sim.reset(params=torch.tensor(vals, dtype=F64).reshape(n, 1))
+    envs = [_gym_with("hyperrl/PendulumActuator-v1", "torque_gain", v) for v in vals]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    rng = np.random.default_rng(0)
+    for t in range(60):
+        a = rng.uniform(-3.0, 3.0, (n, 1)).astype(np.float32)
+        step_side_by_side(sim, envs, a, np.array([], dtype=int), rng, f"float32 torque_gain step {t}")
+
+
 def test_unknown_attribute_is_refused():
     with pytest.raises(FamilyError, match="cannot vary 'total_mass'"):
         BatchedCartPole(2, ("total_mass",))
@@ -396,8 +433,9 @@ def test_unknown_attribute_is_refused():
 def test_acrobot_offers_only_what_gymnasium_reads():
     """LINK_LENGTH_2 and gravity change nothing in Gymnasium's Acrobot (its renderer reads
     the one, _dsdt hard-codes the other): refused, saying why. torque_noise_max: Gymnasium's
-    0.0 only. Everything offered is read by AcrobotEnv.step/_dsdt (the _ATTRS test shows
-    each one changing Gymnasium's step the same way)."""
+    0.0 only. Everything offered is read by AcrobotEnv.step/_dsdt, torque_gain through
+    hyperrl's AcrobotActuatorEnv (the _ATTRS test shows each one changing the Gymnasium
+    env's step the same way)."""
     with pytest.raises(FamilyError, match="cannot vary 'LINK_LENGTH_2': .*never read it"):
         BatchedAcrobot(2, ("LINK_LENGTH_2",))
     with pytest.raises(FamilyError, match="cannot vary 'gravity': .*hard-codes g = 9.8"):
@@ -409,10 +447,11 @@ def test_acrobot_offers_only_what_gymnasium_reads():
     BatchedAcrobot(2, (), constants={"torque_noise_max": 0.0})  # Gymnasium's own value
     with pytest.raises(FamilyError, match="book_or_nips"):
         BatchedAcrobot(2, (), book_or_nips="paper")
-    env = gym.make("Acrobot-v1").unwrapped
+    env = gym.make("hyperrl/AcrobotActuator-v1").unwrapped
     for name, default in BatchedAcrobot.DEFAULTS.items():
         assert getattr(type(env), name) == default, name  # a class attribute the env reads
     assert not hasattr(env, "gravity") and not hasattr(env, "g")
+    assert not hasattr(gym.make("Acrobot-v1").unwrapped, "torque_gain")  # only hyperrl's env has it
 
 
 @pytest.mark.parametrize("book_or_nips", ["book", "nips"])

@@ -6,22 +6,27 @@ mass ``LINK_COM_POS_1``/``LINK_COM_POS_2``, the moment of inertia ``LINK_MOI`` (
 as Gymnasium), the velocity bounds ``MAX_VEL_1``/``MAX_VEL_2`` and the integration step
 ``dt``. These are exactly the attributes ``AcrobotEnv.step`` and ``_dsdt`` read at every
 step, so :meth:`Family.apply` setting one on the Gymnasium env changes its physics the same
-way. Not offered, because Gymnasium's dynamics never read them: ``LINK_LENGTH_2`` (only its
-renderer does; the goal height ``-cos(t1) - cos(t2 + t1) > 1`` assumes unit links whatever
-the lengths) and gravity (``g = 9.8`` is a local constant of ``_dsdt``, no attribute).
-``torque_noise_max`` is accepted only as Gymnasium's 0.0 (noise would draw from the env's
-``np_random``, which no batched sim can reproduce).
+way. ``torque_gain`` too: the signed actuator gain of
+:class:`hyperrl.gym_envs.AcrobotActuatorEnv` (``hyperrl/AcrobotActuator-v1``), whose
+``AVAIL_TORQUE`` is ``[-torque_gain, 0.0, torque_gain]``; plain ``Acrobot-v1`` has no such
+attribute, so a family on it cannot vary it. Not offered, because Gymnasium's dynamics
+never read them: ``LINK_LENGTH_2`` (only its renderer does; the goal height
+``-cos(t1) - cos(t2 + t1) > 1`` assumes unit links whatever the lengths) and gravity
+(``g = 9.8`` is a local constant of ``_dsdt``, no attribute). ``torque_noise_max`` is
+accepted only as Gymnasium's 0.0 (noise would draw from the env's ``np_random``, which no
+batched sim can reproduce).
 
 The step follows ``gymnasium.envs.classic_control.acrobot.AcrobotEnv.step`` operation by
-operation: torque ``AVAIL_TORQUE[a]`` (-1, 0, +1), one classic RK4 step of ``_dsdt`` over
-``dt`` (the "book" equations by default, ``book_or_nips="nips"`` for the paper's), the
-angles wrapped into [-pi, pi] by ``wrap``'s repeated +-2 pi, the velocities bounded by
-``bound``, then termination ``-cos(t1) - cos(t2 + t1) > 1.0`` and reward -1 (0 on the
-terminal step). In float64 it reproduces Gymnasium to the last bits of ``sin``/``cos`` and
-``x**2`` (libm's ``pow``, which the sim computes as ``x * x``; the two differ by one ulp on
-~0.1 % of inputs) (``tests/test_sim_equivalence.py``): ~1e-15 per step over the family's
-ranges. Far outside them (a centre of mass beyond the link, dt near 0.4) one RK4 step can
-amplify an ulp ~1e7-fold, in Gymnasium as much as here, and the two then differ by as much.
+operation: torque ``AVAIL_TORQUE[a]`` (-1, 0, +1, times ``torque_gain``), one classic RK4
+step of ``_dsdt`` over ``dt`` (the "book" equations by default, ``book_or_nips="nips"`` for
+the paper's), the angles wrapped into [-pi, pi] by ``wrap``'s repeated +-2 pi, the
+velocities bounded by ``bound``, then termination ``-cos(t1) - cos(t2 + t1) > 1.0`` and
+reward -1 (0 on the terminal step). In float64 it reproduces Gymnasium to the last bits of
+``sin``/``cos`` and ``x**2`` (libm's ``pow``, which the sim computes as ``x * x``; the two
+differ by one ulp on ~0.1 % of inputs) (``tests/test_sim_equivalence.py``): ~1e-15 per step
+over the family's ranges. Far outside them (a centre of mass beyond the link, dt near 0.4)
+one RK4 step can amplify an ulp ~1e7-fold, in Gymnasium as much as here, and the two then
+differ by as much.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class BatchedAcrobot(BatchedSim):
     obs = (cos t1, sin t1, cos t2, sin t2, dtheta1, dtheta2).
 
     Actions: ``[N]`` tensor of 0/1/2 on the sim's device (long; int and ``[N, 1]`` are
-    accepted), the torques -1, 0, +1 on the joint between the links.
+    accepted), the torques -1, 0, +1 (times ``torque_gain``) on the joint between the links.
     """
 
     DEFAULTS = {
@@ -56,6 +61,7 @@ class BatchedAcrobot(BatchedSim):
         "MAX_VEL_1": 4 * math.pi,
         "MAX_VEL_2": 9 * math.pi,
         "dt": 0.2,  # [s] the RK4 step
+        "torque_gain": 1.0,  # AcrobotActuatorEnv's: AVAIL_TORQUE = [-torque_gain, 0.0, torque_gain]
     }
     NOT_OFFERED = {
         "LINK_LENGTH_2": "Acrobot-v1's dynamics never read it (only its renderer does), so varying it "
@@ -91,6 +97,9 @@ class BatchedAcrobot(BatchedSim):
         self.single_action_space = gym.spaces.Discrete(3)
 
         self._torques = torch.tensor(self.AVAIL_TORQUE, dtype=self.dtype, device=self.device)
+        # A gain of exactly 1 changes no bit (x * 1.0 == x): skip its multiply then.
+        self._gain = self.varies("torque_gain") or self.constants["torque_gain"] != 1.0
+        self._zero = self.scalar(0.0)
         self._g = self.scalar(self.GRAVITY)
         self._two = self.scalar(2.0)
         self._six = self.scalar(6.0)
@@ -133,7 +142,7 @@ class BatchedAcrobot(BatchedSim):
     # ---- physics --------------------------------------------------------------------------
     def dynamics(self, state, action, params):
         # Each attribute: [N] values when it varies (a column or derived), else a 0-dim constant.
-        l1, m1, m2, lc1, lc2, moi, max_vel_1, max_vel_2, dt = self.attribute_values(params)
+        l1, m1, m2, lc1, lc2, moi, max_vel_1, max_vel_2, dt, gain = self.attribute_values(params)
         i1 = i2 = moi  # I1 = I2 = self.LINK_MOI
         g = self._g
 
@@ -141,6 +150,10 @@ class BatchedAcrobot(BatchedSim):
         if action.dtype != torch.long or action.dim() != 1:
             action = action.reshape(-1).long()
         torque = self._torques.index_select(0, action)
+        if self._gain:
+            # AVAIL_TORQUE = [-torque_gain, 0.0, torque_gain]: -1 * g and 1 * g are exact, and
+            # adding 0.0 turns the -0.0 of 0 * (a negative g) into the table's +0.0.
+            torque = torque.mul_(gain).add_(self._zero)
 
         # The parameter-only factors of _dsdt's products, formed once per step: each is a
         # left-to-right prefix of a Gymnasium product (or sum), so its rounding is the same.
