@@ -95,7 +95,8 @@ def test_aggregate():
     assert a["run_means"] == [2.5, 6.5] and a["ci95"][0] <= 4.5 <= a["ci95"][1]
     b = aggregate([[1, 2, 3], [10]])  # different variants: one mean per run
     assert not b["per_variant"] and b["n_variants"] == 1 and b["mean"] == pytest.approx(6.0)
-    assert "ci95" not in aggregate([[3.0, 4.0]]) and aggregate([[], []]) == {"n_runs": 0}
+    assert aggregate([[3.0, 4.0]])["ci95"] == [3.5, 3.5]  # one run: a zero-width interval
+    assert aggregate([[], []]) == {"n_runs": 0}
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,8 +271,11 @@ def hyperrl_run(tmp_path_factory):
 
 
 def table_rows(md: str) -> dict[str, list[str]]:
-    rows = {}
+    """The rows of the first table (held-out return and cost), by method label."""
+    rows: dict[str, list[str]] = {}
     for line in md.splitlines():
+        if rows and not line.startswith("|"):
+            break
         if line.startswith("| ") and not line.startswith("| method"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0]] = cells
@@ -288,19 +292,20 @@ def test_compare_tables_and_chart(runs, hyperrl_run, tmp_path, capsys):
     md = (out / "comparison.md").read_text()
     assert md in printed and "### cartpole-mass" in md
     rows = table_rows(md)
-    assert list(rows) == ["hyperrl", "dr", "oracle"]
+    assert list(rows) == ["hyper", "sb3-dr", "sb3-oracle"]
     hyper_seed = json.loads((hyperrl_run / "run.json").read_text())["seed"]
-    assert rows["dr"][1] == "2 (0, 1)" and rows["hyperrl"][1] == f"1 ({hyper_seed})"
+    assert rows["sb3-dr"][1] == "2 (0, 1)" and rows["hyper"][1] == f"1 ({hyper_seed})"
     m0, m1 = (json.loads((r / "metrics.json").read_text()) for r in (runs["dr"], dr1))
     mean = (m0["eval_interpolation_return"] + m1["eval_interpolation_return"]) / 2
-    assert rows["dr"][3] == f"{mean:.1f}" and rows["dr"][2].count("[") == 1  # IQM [CI]
+    assert rows["sb3-dr"][3] == f"{mean:.1f}" and rows["sb3-dr"][2].count("[") == 1  # IQM [CI]
     hm = json.loads((hyperrl_run / "metrics.json").read_text())
-    assert rows["hyperrl"][3] == f"{hm['eval_interpolation_return']:.1f}" and rows["hyperrl"][2] == "—"
-    assert rows["hyperrl"][6] == f"{hm['env_steps']:,}"
-    assert rows["oracle"][2] == rows["oracle"][3] == "—" and rows["oracle"][6] == "2 × 512 = 1,024"
+    assert rows["hyper"][3] == f"{hm['eval_interpolation_return']:.1f}" and rows["hyper"][2] == "—"
+    assert rows["hyper"][6] == f"{hm['env_steps']:,}"
+    assert rows["sb3-oracle"][2] == rows["sb3-oracle"][3] == "—"
+    assert rows["sb3-oracle"][6] == "2 × 512 = 1,024"
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "comparison.json").read_text())["families"][FAMILY]
-    assert summary["dr"]["interpolation"]["n_runs"] == 2
+    assert summary["sb3-dr"]["interpolation"]["n_runs"] == 2
 
 
 def test_compare_prefers_evaluate_results(runs, tmp_path, capsys):
@@ -313,7 +318,7 @@ def test_compare_prefers_evaluate_results(runs, tmp_path, capsys):
     (run / "eval" / "heldout-all" / "results.json").write_text(json.dumps({"variants": rows}))
     out = tmp_path / "cmp"
     assert compare_main([str(run), "--out", str(out)]) == 0
-    cells = table_rows((out / "comparison.md").read_text())["concat"]
+    cells = table_rows((out / "comparison.md").read_text())["sb3-concat"]
     assert cells[2:4] == ["112.0", "50.0"] and "results.json (2 + 1 variants)" in cells[-1]
 
 
