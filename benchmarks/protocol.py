@@ -213,20 +213,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_targets(path: Path, family: str) -> None:
-    """The issue's targets on this family, from compare's JSON."""
-    summary = json.loads(path.read_text())
-    fam = summary["families"][family] if "families" in summary else summary
-    for split in SPLITS:
-        stats = fam.get("normalised", fam).get(split) if isinstance(fam, dict) else None
-        if not stats:
-            continue
-        iq = {m: s["iqm"] for m, s in stats["methods"].items()}
-        if "hyper" not in iq:
-            continue
-        parts = [f"hyper/{m} {iq['hyper'] / iq[m]:.2f}x" for m in iq if m != "hyper" and iq[m] > 0]
-        pis = [f"P(hyper>{m}) {p['pe']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]"
-               for m, p in stats.get("improvement", {}).items()]
-        print(f"  {split}: IQM hyper {iq['hyper']:.3f}; " + ", ".join(parts) + ("; " + ", ".join(pis) if pis else ""))
+    """Per split: each arch's IQM of normalised score, hyper's IQM ratio over it and the
+    probability that hyper improves on it, from compare's ``comparison.json``."""
+    panels = json.loads(path.read_text())["protocol"].get(family, {})
+    for split, panel in panels.items():
+        print(f"  {split} ({panel['score']}):")
+        for m, s in panel["methods"].items():
+            lo, hi = s["ci95"]
+            line = f"    {m:12s} IQM {s['iqm']:7.3f} [{lo:.3f}, {hi:.3f}]"
+            if s.get("iqm_ratio") is not None:
+                line += f"   hyper/{m} {s['iqm_ratio']:.2f}x"
+            if s.get("improvement"):
+                p, (plo, phi) = s["improvement"]["p"], s["improvement"]["ci95"]
+                line += f"   P(hyper > {m}) {p:.2f} [{plo:.2f}, {phi:.2f}]"
+            print(line)
 
 
 if __name__ == "__main__":
