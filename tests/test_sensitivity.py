@@ -95,12 +95,18 @@ def test_parameter_changes_gymnasium_trajectory(family_name, param):
 BATCHED = [(f, p) for f, p in CASES if load_family(f).batched is not None]
 
 
+def _pair_sim(family, first: torch.Tensor, second: torch.Tensor):
+    """The family's batched simulator with two envs, at values ``first`` and ``second`` [P]."""
+    sim = make_vec_env(family, 2, dtype=F64, seed=0)
+    sim.reset(params=torch.stack([first, second]))
+    return sim
+
+
 @pytest.mark.parametrize(("family_name", "param"), BATCHED, ids=[f"{f}:{p}" for f, p in BATCHED])
 def test_parameter_changes_batched_trajectory(family_name, param):
     family = load_family(family_name)
     lo, hi = _low_high(family, param)
-    sim = make_vec_env(family, 2, dtype=F64, seed=0)
-    sim.reset(params=torch.stack([lo, hi]))
+    sim = _pair_sim(family, lo, hi)
     sim.state[1] = sim.state[0]  # one initial state for both
     actions = _actions(sim.single_action_space)
     obs = [sim.observe(sim.state).clone()]
@@ -174,8 +180,7 @@ def test_sign_flip_mirrors_the_gymnasium_step(family_name, param):
 def test_sign_flip_mirrors_the_batched_step(family_name, param):
     family = load_family(family_name)
     pos, neg = _signed_values(family, param)
-    sim = make_vec_env(family, 2, dtype=F64, seed=0)
-    sim.reset(params=torch.stack([pos, neg]))
+    sim = _pair_sim(family, pos, neg)
     state = sim.state[0].clone()
     discrete = isinstance(sim.single_action_space, gym.spaces.Discrete)
     for t, a in enumerate(_actions(sim.single_action_space, seed=1)[:20]):
