@@ -71,8 +71,10 @@ def run_cmd(cmd: list[str], log: Path) -> None:
 
 
 def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, sets: list[str],
-                       episodes: int, logs: Path, evaluate_args: list[str] | None = None) -> Path:
-    """One training run and its held-out evaluation; both skipped when already done."""
+                       episodes: int, logs: Path, evaluate_args: list[str] | None = None,
+                       sb3: str | None = None) -> Path:
+    """One training run (``hyperrl.train``, or ``hyperrl.baselines --method sb3``) and its
+    held-out evaluation; both skipped when already done."""
     py = sys.executable
     results = run_dir / "eval" / EVAL_NAME / "results.json"
     if results.is_file():
@@ -80,9 +82,12 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
     if not (run_dir / "metrics.json").is_file():
         if run_dir.exists():  # an unfinished run: move it aside, never delete
             run_dir.rename(run_dir.with_name(run_dir.name + f".unfinished-{int(time.time())}"))
-        cmd = [py, "-m", "hyperrl.train", "--env-family", family_arg, "--seed", str(seed),
-               "--total-steps", str(steps), "--device", "cpu", "--run-dir", str(run_dir),
-               "--set", "progress=false"]
+        common = ["--env-family", family_arg, "--seed", str(seed), "--total-steps", str(steps),
+                  "--device", "cpu", "--run-dir", str(run_dir)]
+        if sb3:
+            cmd = [py, "-m", "hyperrl.baselines", "--method", sb3, *common, "--threads", "1"]
+        else:
+            cmd = [py, "-m", "hyperrl.train", *common, "--set", "progress=false"]
         for s in sets:
             cmd += ["--set", s]
         run_cmd(cmd, logs / f"{run_dir.parent.name}-{run_dir.name}-train.log")
@@ -90,7 +95,8 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
     # the batched simulator: equivalent to Gymnasium step by step (tests/test_sim_equivalence.py), and
     # ~10x cheaper than a Python env per variant
     cmd = [py, "-m", "hyperrl.evaluate", str(run_dir), "--episodes", str(episodes), "--name", EVAL_NAME,
-           "--checkpoint", "latest", "--backend", "batched", "--force", *(evaluate_args or ["--split", "all"])]
+           *([] if sb3 else ["--checkpoint", "latest"]), "--backend", "batched", "--force",
+           *(evaluate_args or ["--split", "all"])]
     run_cmd(cmd, logs / f"{run_dir.parent.name}-{run_dir.name}-eval.log")
     return run_dir
 
@@ -134,12 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distractors", type=int, default=0, help="K irrelevant context dimensions")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     ap.add_argument("--oracle-steps", type=int, default=None, help="env steps per oracle (default: --steps)")
+    ap.add_argument("--no-oracles", action="store_true", help="compare raw returns (no oracle runs)")
+    ap.add_argument("--sb3-seeds", type=int, default=0,
+                    help="also train stable-baselines3's concat (hyperrl.baselines) on seeds 1..N, same steps")
     ap.add_argument("--episodes", type=int, default=10, help="evaluation episodes per held-out variant")
     ap.add_argument("--tune", default=None, metavar="KEY=V1,V2,...", help="small equal tuning budget per arch")
     ap.add_argument("--tune-seeds", type=int, default=2)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default="runs/protocol")
     ap.add_argument("--bootstrap-reps", type=int, default=2000)
+    ap.add_argument("--compare-name", default="comparison", help="folder of the comparison under the family's")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -188,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                                 [*base_sets, f"model.arch={a}", *chosen[a]], args.episodes, logs)
             for s in args.seeds for a in args.archs}
     # ---- oracles: one blind policy per held-out variant, trained on that variant alone ------
+    sb3 = [pool.submit(train_and_evaluate, args.family, out / "sb3-concat" / f"s{s}", s, steps, [],
+                       args.episodes, logs, ["--split", "all"], "concat") for s in range(1, args.sb3_seeds + 1)]
     oracles = []
-    for split in SPLITS:
+    for split in ([] if args.no_oracles else SPLITS):
         for v in family.heldout_values(split).tolist():
             label = family.label(v).replace("=", "").replace(",", "_")
             fam_path = oracle_family(family, v, out.parent / f"{family.name}-oracles" / label / "family.yaml")
@@ -197,14 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             oracles.append(pool.submit(
                 train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps, ["model.arch=blind", *args.sets],
                 args.episodes, logs, ["--split", "interpolation"]))
-    run_dirs = [f.result() for f in runs.values()]
+    run_dirs = [f.result() for f in [*runs.values(), *sb3]]
     oracle_dirs = [f.result() for f in oracles]
     print(f"runs: {len(run_dirs)} + {len(oracle_dirs)} oracles in {time.perf_counter() - t:.0f} s")
 
     # ---- statistics -------------------------------------------------------------------------
-    cmp_out = out / "comparison"
-    cmd = [sys.executable, "-m", "hyperrl.compare", *map(str, run_dirs), "--oracle", *map(str, oracle_dirs),
-           "--eval-name", EVAL_NAME, "--out", str(cmp_out), "--force", "--bootstrap-reps", str(args.bootstrap_reps)]
+    cmp_out = out / args.compare_name
+    cmd = [sys.executable, "-m", "hyperrl.compare", *map(str, run_dirs),
+           *(["--oracle", *map(str, oracle_dirs)] if oracle_dirs else []), "--eval-name", EVAL_NAME, "--out", str(cmp_out), "--force", "--bootstrap-reps", str(args.bootstrap_reps)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     print_targets(cmp_out / "comparison.json", family.name)
