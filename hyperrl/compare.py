@@ -599,8 +599,13 @@ def normalise(runs: Sequence[RunScores], oracles: Sequence[RunScores], episodes:
 # --------------------------------------------------------------------------------------
 # Grouping and statistics per method
 # --------------------------------------------------------------------------------------
-def _method_key(m: str) -> tuple[int, str]:
-    return (METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
+def _method_key(m: str) -> tuple[int, int, str]:
+    """Table order: the architectures in METHOD_ORDER, each followed by its distractor runs
+    (``hyper``, ``hyper-d20``, ``hyper-d100``, ``adapter``, ...), then the others by name."""
+    arch, _, k = m.partition("-d")
+    if arch in METHOD_ORDER and (not k or k.isdigit()):
+        return (METHOD_ORDER.index(arch), int(k or 0), "")
+    return (len(METHOD_ORDER), 0, m)
 
 
 def compare(runs: Sequence[RunScores], reps: int = 2000, seed: int = 0) -> dict[str, Any]:

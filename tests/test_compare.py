@@ -163,7 +163,7 @@ def test_labels_group_and_order_the_tables(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert compare_main([*map(str, dirs), "--out", str(out), "--bootstrap-reps", "20"]) == 0
     data = json.loads((out / "comparison.json").read_text())
-    order = ["hyper", "adapter", "concat", "adapted", "hyper-d100", "sb3-concat"]
+    order = ["hyper", "hyper-d100", "adapter", "concat", "adapted", "sb3-concat"]
     assert list(data["families"][FAMILY]) == order
     assert list(data["protocol"][FAMILY]["interpolation"]["methods"]) == order
 
