@@ -1,6 +1,8 @@
 """The field's protocol: every architecture, many seeds, normalised scores, one family per command.
 
-    python benchmarks/protocol.py --family cartpole-actuator                    # 10 seeds x 5 archs
+    python benchmarks/protocol.py --family cartpole-actuator --steps 500000 --oracle-steps 200000 \
+        --oracle-set env.num_envs=16 --oracle-set ppo.num_steps=128 --oracle-set ppo.num_minibatches=4 \
+        --oracle-set ppo.lr=0.001                                                # 10 seeds x 5 archs
     python benchmarks/protocol.py --family pendulum-actuator --seeds 5
     python benchmarks/protocol.py --family cartpole-actuator --distractors 100 --seeds 5
     python benchmarks/protocol.py --family cartpole-actuator --tune ppo.lr=0.001,0.0025 --tune-seeds 2
@@ -15,8 +17,9 @@ architecture and nothing else. Then, for the family:
    --split all --checkpoint latest --backend batched``: the 'best' checkpoint is chosen on the
    held-out sets themselves);
 2. oracles: for each held-out variant a ``blind`` policy trained on that variant alone (a
-   one-variant family written next to the runs), ``--oracle-steps`` env steps, evaluated
-   on its variant; the random-policy return is computed by ``hyperrl.compare``;
+   one-variant family written next to the runs), ``--oracle-steps`` env steps with the
+   family's config plus ``--oracle-set`` overrides, evaluated on its variant; the
+   random-policy return is computed by ``hyperrl.compare``;
 3. ``python -m hyperrl.compare RUNS --oracle ORACLES``: per variant
    ``(R - R_random) / (R_oracle - R_random)``, IQM with 95 % stratified-bootstrap CIs,
    probability of improvement of ``hyper`` over every other arch, performance profiles
@@ -113,7 +116,7 @@ def oracle_family(family: Family, values: list[float], path: Path) -> Path:
     names = list(raw["params"])
     raw["heldout"] = {"interpolation": {"values": [dict(zip(names, values))]},
                       "extrapolation": {"values": [dict(zip(names, other))]}}
-    raw["name"] = f"{family.name}-oracle"
+    # the family's own name: an oracle is a run of the family, on one of its variants
     raw.pop("distractors", None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distractors", type=int, default=0, help="K irrelevant context dimensions")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override for every run")
     ap.add_argument("--oracle-steps", type=int, default=None, help="env steps per oracle (default: --steps)")
+    ap.add_argument("--oracle-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for the oracles only (a one-variant task often wants a smaller batch)")
     ap.add_argument("--no-oracles", action="store_true", help="compare raw returns (no oracle runs)")
     ap.add_argument("--sb3-seeds", type=int, default=0,
                     help="also train stable-baselines3's concat (hyperrl.baselines) on seeds 1..N, same steps")
@@ -207,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             fam_path = oracle_family(family, v, out.parent / f"{family.name}-oracles" / label / "family.yaml")
             run_dir = fam_path.parent / "run"
             oracles.append(pool.submit(
-                train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps, ["model.arch=blind", *args.sets],
+                train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps,
+                ["model.arch=blind", *args.sets, *args.oracle_set],
                 args.episodes, logs, ["--split", "interpolation"]))
     run_dirs = [f.result() for f in [*runs.values(), *sb3]]
     oracle_dirs = [f.result() for f in oracles]
