@@ -15,7 +15,8 @@ method label:
 * a stable-baselines3 run of ``hyperrl.baselines``: ``sb3-concat``, ``sb3-dr``, ``sb3-oracle``;
 * a run of ``hyperrl.adapt``: ``adapted``.
 
-Methods are listed hyper, adapter, cgate, concat, blind, then the others alphabetically.
+Methods are listed hyper, adapter, cgate, concat, blind (each followed by its distractor runs,
+``hyper-d20``, ``hyper-d100``), then the others alphabetically.
 
 Returns, per run and held-out split:
 
