@@ -73,9 +73,14 @@ def run_cmd(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd[2:5])}... failed (exit {rc}); {log}: {' | '.join(tail)}")
 
 
+def log_name(run_dir: Path) -> str:
+    """``<family tag>-<arch>-<seed>`` (or ``<oracles>-<variant>-run``): one log per run."""
+    return "-".join(run_dir.parts[-3:])
+
+
 def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, sets: list[str],
                        episodes: int, logs: Path, evaluate_args: list[str] | None = None,
-                       sb3: str | None = None) -> Path:
+                       sb3: str | None = None, config: Path | None = None) -> Path:
     """One training run (``hyperrl.train``, or ``hyperrl.baselines --method sb3``) and its
     held-out evaluation; both skipped when already done."""
     py = sys.executable
@@ -90,17 +95,18 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
         if sb3:
             cmd = [py, "-m", "hyperrl.baselines", "--method", sb3, *common, "--threads", "1"]
         else:
-            cmd = [py, "-m", "hyperrl.train", *common, "--set", "progress=false"]
+            cmd = [py, "-m", "hyperrl.train", *common, "--set", "progress=false",
+                   *(["--config", str(config)] if config else [])]
         for s in sets:
             cmd += ["--set", s]
-        run_cmd(cmd, logs / f"{run_dir.parent.name}-{run_dir.name}-train.log")
+        run_cmd(cmd, logs / f"{log_name(run_dir)}-train.log")
     # the final policy: a 'best' checkpoint is chosen on the held-out sets themselves
     # the batched simulator: equivalent to Gymnasium step by step (tests/test_sim_equivalence.py), and
     # ~10x cheaper than a Python env per variant
     cmd = [py, "-m", "hyperrl.evaluate", str(run_dir), "--episodes", str(episodes), "--name", EVAL_NAME,
            *([] if sb3 else ["--checkpoint", "latest"]), "--backend", "batched", "--force",
            *(evaluate_args or ["--split", "all"])]
-    run_cmd(cmd, logs / f"{run_dir.parent.name}-{run_dir.name}-eval.log")
+    run_cmd(cmd, logs / f"{log_name(run_dir)}-eval.log")
     return run_dir
 
 
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     family = load_family(args.family)
-    config = read_yaml_file(ROOT / "configs" / f"{family.name}.yaml")
+    config_path = ROOT / "configs" / f"{family.name}.yaml"  # the oracles' too, named explicitly
+    config = read_yaml_file(config_path)
     steps = args.steps or int(config["total_steps"])
     oracle_steps = args.oracle_steps or steps
     tag = family.name + (f"-d{args.distractors}" if args.distractors else "")
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             oracles.append(pool.submit(
                 train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps,
                 ["model.arch=blind", *args.sets, *args.oracle_set],
-                args.episodes, logs, ["--split", "interpolation"]))
+                args.episodes, logs, ["--split", "interpolation"], None, config_path))
     run_dirs = [f.result() for f in [*runs.values(), *sb3]]
     oracle_dirs = [f.result() for f in oracles]
     print(f"runs: {len(run_dirs)} + {len(oracle_dirs)} oracles in {time.perf_counter() - t:.0f} s")
