@@ -232,9 +232,27 @@ def main(argv: list[str] | None = None) -> int:
            *(["--oracle", *map(str, oracle_dirs)] if oracle_dirs else []), "--eval-name", EVAL_NAME, "--out", str(cmp_out), "--force", "--bootstrap-reps", str(args.bootstrap_reps)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    print_per_seed({key: f.result() for key, f in runs.items()}, args.archs, args.seeds)
+    train_s = [json.loads((d / "metrics.json").read_text()).get("wall_clock_s", 0.0) for d in run_dirs + oracle_dirs]
+    print(f"  training wall-clock summed over the {len(train_s)} runs (oracles included): {sum(train_s):.0f} s "
+          f"(one thread each; reused runs count their original time)")
     print_targets(cmp_out / "comparison.json", family.name)
     print(f"{tag}: wall-clock {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def print_per_seed(runs: dict[tuple[str, int], Path], archs: list[str], seeds: list[int]) -> None:
+    """Per seed and arch: the mean held-out return, interpolation / extrapolation."""
+    print("  per seed, mean held-out return (interpolation / extrapolation):")
+    print("    " + "seed".ljust(6) + "".join(a.rjust(18) for a in archs))
+    for s in seeds:
+        cells = [f"{mean(split_returns(runs[(a, s)], 'interpolation')):.1f} / "
+                 f"{mean(split_returns(runs[(a, s)], 'extrapolation')):.1f}" for a in archs]
+        print("    " + str(s).ljust(6) + "".join(c.rjust(18) for c in cells))
+
+
+def mean(x: list[float]) -> float:
+    return sum(x) / len(x)
 
 
 def print_targets(path: Path, family: str) -> None:
