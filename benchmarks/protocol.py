@@ -25,6 +25,9 @@ architecture and nothing else. Then, for the family:
    probability of improvement of ``hyper`` over every other arch, performance profiles
    (table and PNGs in ``<out>/<family>[-dK]/comparison``), then the issue's target ratios.
 
+With ``--distractors K`` the comparison also holds the K = 0 runs of the same archs and seeds
+(when they exist), and prints the share of its K = 0 IQM each arch keeps.
+
 ``--tune KEY=V1,V2,...`` first tries every value for every arch on ``--tune-seeds`` seeds
 (seeds 1001, 1002, ... so tuning never sees an evaluation seed) and keeps, per arch, the
 value with the best IQM of raw return on the *interpolation* set (extrapolation stays
@@ -227,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"runs: {len(run_dirs)} + {len(oracle_dirs)} oracles in {time.perf_counter() - t:.0f} s")
 
     # ---- statistics -------------------------------------------------------------------------
+    if args.distractors:  # the same archs and seeds without distractors, where they exist, side by side
+        k0 = [Path(args.out) / family.name / a / f"s{s}" for s in args.seeds for a in args.archs]
+        run_dirs += [d for d in k0 if (d / "eval" / EVAL_NAME / "results.json").is_file()]
     cmp_out = out / args.compare_name
     cmd = [sys.executable, "-m", "hyperrl.compare", *map(str, run_dirs),
            *(["--oracle", *map(str, oracle_dirs)] if oracle_dirs else []), "--eval-name", EVAL_NAME, "--out", str(cmp_out), "--force", "--bootstrap-reps", str(args.bootstrap_reps)]
@@ -269,6 +275,9 @@ def print_targets(path: Path, family: str) -> None:
             if s.get("improvement"):
                 p, (plo, phi) = s["improvement"]["p"], s["improvement"]["ci95"]
                 line += f"   P(hyper > {m}) {p:.2f} [{plo:.2f}, {phi:.2f}]"
+            base, _, k = m.partition("-d")
+            if k and base in panel["methods"] and panel["methods"][base]["iqm"] > 0:
+                line += f"   keeps {s['iqm'] / panel['methods'][base]['iqm']:.1%} of {base}'s K=0 IQM"
             print(line)
 
 
