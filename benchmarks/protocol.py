@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "hyperrl.compare", *map(str, run_dirs),
            *(["--oracle", *map(str, oracle_dirs)] if oracle_dirs else []), "--eval-name", EVAL_NAME, "--out", str(cmp_out), "--force", "--bootstrap-reps", str(args.bootstrap_reps)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    rc = subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    if rc != 0:  # compare printed its one-line error
+        return rc
     print_per_seed({key: f.result() for key, f in runs.items()}, args.archs, args.seeds)
     train_s = [json.loads((d / "metrics.json").read_text()).get("wall_clock_s", 0.0) for d in run_dirs + oracle_dirs]
     print(f"  training wall-clock summed over the {len(train_s)} runs (oracles included): {sum(train_s):.0f} s "
