@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--oracle-set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the oracles only (a one-variant task often wants a smaller batch)")
     ap.add_argument("--no-oracles", action="store_true", help="compare raw returns (no oracle runs)")
+    ap.add_argument("--more-oracles", nargs="*", default=[], metavar="RUN_DIR",
+                    help="further oracle runs (e.g. another schedule); a variant's oracle is its best run")
     ap.add_argument("--sb3-seeds", type=int, default=0,
                     help="also train stable-baselines3's concat (hyperrl.baselines) on seeds 1..N, same steps")
     ap.add_argument("--episodes", type=int, default=10, help="evaluation episodes per held-out variant")
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["model.arch=blind", *args.sets, *args.oracle_set],
                 args.episodes, logs, ["--split", "interpolation"], None, config_path))
     run_dirs = [f.result() for f in [*runs.values(), *sb3]]
-    oracle_dirs = [f.result() for f in oracles]
+    oracle_dirs = [f.result() for f in oracles] + [Path(d) for d in args.more_oracles]
     print(f"runs: {len(run_dirs)} + {len(oracle_dirs)} oracles in {time.perf_counter() - t:.0f} s")
 
     # ---- statistics -------------------------------------------------------------------------
