@@ -41,7 +41,6 @@ Each command's output is in ``<out>/logs``; the wall-clock of each phase is prin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -57,7 +56,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_compare import parse_list, parse_seeds  # noqa: E402
 from hyperrl.archs import ARCHS  # noqa: E402
+from hyperrl.compare import iqm  # noqa: E402
 from hyperrl.families import SPLITS, Family, load_family  # noqa: E402
+from hyperrl.fileio import write_json  # noqa: E402
+from hyperrl.runs import read_json, read_metrics  # noqa: E402
 from hyperrl.yamlio import read_yaml_file  # noqa: E402
 
 ARCH_ORDER = ("hyper", "adapter", "cgate", "concat", "blind")
@@ -132,14 +134,8 @@ def oracle_family(family: Family, values: list[float], path: Path) -> Path:
     return path
 
 
-def iqm(x: list[float]) -> float:
-    from hyperrl.compare import iqm as _iqm
-
-    return float(_iqm(x))
-
-
 def split_returns(run_dir: Path, split: str) -> list[float]:
-    res = json.loads((run_dir / "eval" / EVAL_NAME / "results.json").read_text())
+    res = read_json(run_dir / "eval" / EVAL_NAME / "results.json")
     return [float(v["mean"]) for v in res["variants"] if v.get("split") == split]
 
 
@@ -200,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             chosen[a] = [f"{key}={best}"]
             table[a] = {"scores": scores, "chosen": best}
             print(f"  tune {a:8s} " + "  ".join(f"{key}={v}: {scores[v]:.1f}" for v in values) + f"  -> {best}")
-        (out / "tuning.json").write_text(json.dumps({"key": key, "seeds": tune_seeds, "archs": table}, indent=1))
+        write_json(out / "tuning.json", {"key": key, "seeds": tune_seeds, "archs": table})
         print(f"tuning: {len(jobs)} runs in {time.perf_counter() - t:.0f} s")
     elif (out / "tuning.json").is_file():  # a later run of the protocol keeps the tuned values
-        tuned = json.loads((out / "tuning.json").read_text())
+        tuned = read_json(out / "tuning.json")
         for a in args.archs:
             if a in tuned["archs"]:
                 chosen[a] = [f"{tuned['key']}={tuned['archs'][a]['chosen']}"]
@@ -243,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if rc != 0:  # compare printed its one-line error
         return rc
     print_per_seed({key: f.result() for key, f in runs.items()}, args.archs, args.seeds)
-    train_s = [json.loads((d / "metrics.json").read_text()).get("wall_clock_s", 0.0) for d in run_dirs + oracle_dirs]
+    train_s = [read_metrics(d).get("wall_clock_s", 0.0) for d in run_dirs + oracle_dirs]
     print(f"  training wall-clock summed over the {len(train_s)} runs (oracles included): {sum(train_s):.0f} s "
           f"(one thread each; reused runs count their original time)")
     print_targets(cmp_out / "comparison.json", family.name)
@@ -268,7 +264,7 @@ def mean(x: list[float]) -> float:
 def print_targets(path: Path, family: str) -> None:
     """Per split: each arch's IQM of normalised score, hyper's IQM ratio over it and the
     probability that hyper improves on it, from compare's ``comparison.json``."""
-    panels = json.loads(path.read_text())["protocol"].get(family, {})
+    panels = read_json(path)["protocol"].get(family, {})
     for split, panel in panels.items():
         print(f"  {split} ({panel['score']}):")
         for m, s in panel["methods"].items():

@@ -36,7 +36,7 @@ from hyperrl import gym_envs  # noqa: F401 - registers hyperrl's env ids whereve
 from hyperrl.errors import FamilyError
 from hyperrl.fileio import atomic_write_text
 from hyperrl.resources import builtin_dir
-from hyperrl.yamlio import YamlInputError, read_yaml_file
+from hyperrl.yamlio import YamlInputError, parse_yaml, read_yaml_file
 
 __all__ = [
     "Family",
@@ -679,9 +679,10 @@ class Family:
     def save_copy(self, path: str | os.PathLike) -> None:
         """Write this family's YAML to ``path`` (a run's ``family.yaml``): the source file as
         is, or with ``distractors`` set when it differs from the file's (a config override)."""
-        raw = read_yaml_file(self.source)
+        text = Path(self.source).read_text()
+        raw = parse_yaml(text)
         if raw.get("distractors", 0) == self.distractors:
-            atomic_write_text(path, Path(self.source).read_text())
+            atomic_write_text(path, text)
             return
         raw["distractors"] = self.distractors
         atomic_write_text(path, yaml.safe_dump(raw, sort_keys=False))

@@ -247,9 +247,9 @@ def functional_mlp(weights: Mapping[str, Tensor], x: Tensor, activation: str) ->
         rollout column of T timesteps).
     Returns ``[B, out]`` or ``[B, S, out]``; the activation follows every layer but the last.
     """
+    if ADAPTER_PREFIX + "0.weight" not in weights:  # the common case: no dict rebuilt per call
+        return _mlp(weights, x, activation, last_activation=False)
     main, adapter = split_adapter(weights)
-    if not adapter:
-        return _mlp(main, x, activation, last_activation=False)
     n = mlp_layer_count(main)
     if n < 2:
         raise HyperrlError("an adapter needs a target MLP with at least one hidden layer")
