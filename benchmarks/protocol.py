@@ -34,7 +34,8 @@ value with the best IQM of raw return on the *interpolation* set (extrapolation 
 unseen); the choices are printed and saved in ``<out>/<family>/tuning.json``.
 
 Every run and evaluation is reused when the script runs again with the same ``--out``
-(default ``runs/protocol``); ``--workers`` processes run at once, one torch thread each.
+(default ``runs/protocol``), unless the run's saved config disagrees with the settings asked
+for now (a tuned value, another ``--steps``): such a run is moved aside and retrained; ``--workers`` processes run at once, one torch thread each.
 Each command's output is in ``<out>/logs``; the wall-clock of each phase is printed.
 """
 
@@ -85,12 +86,18 @@ def log_name(run_dir: Path) -> str:
 
 def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, sets: list[str],
                        episodes: int, logs: Path, evaluate_args: list[str] | None = None,
-                       sb3: str | None = None, config: Path | None = None) -> Path:
+                       sb3: str | None = None, config: Path | None = None, check: bool = True) -> Path:
     """One training run (``hyperrl.train``, or ``hyperrl.baselines --method sb3``) and its
-    held-out evaluation; both skipped when already done."""
+    held-out evaluation; both skipped when already done. With ``check``, a finished run whose
+    saved config disagrees with ``seed``, ``steps`` or ``sets`` is set aside and retrained
+    (oracles skip it: their schedule may differ per variant, see ``--more-oracles``)."""
     py = sys.executable
     results = run_dir / "eval" / EVAL_NAME / "results.json"
-    if results.is_file():
+    stale = [] if sb3 or not check else mismatched_settings(run_dir, [f"seed={seed}", f"total_steps={steps}", *sets])
+    if stale:  # a run made with other settings (e.g. before a tuning changed them): set aside, never deleted
+        print(f"  {run_dir}: {', '.join(stale)}; retraining")
+        run_dir.rename(run_dir.with_name(run_dir.name + f".stale-{int(time.time())}"))
+    if results.is_file() and not stale:
         return run_dir
     if not (run_dir / "metrics.json").is_file():
         if run_dir.exists():  # an unfinished run: move it aside, never delete
@@ -113,6 +120,25 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
            *(evaluate_args or ["--split", "all"])]
     run_cmd(cmd, logs / f"{log_name(run_dir)}-eval.log")
     return run_dir
+
+
+def mismatched_settings(run_dir: Path, sets: list[str]) -> list[str]:
+    """The ``key=value`` settings a finished run's saved config disagrees with, as
+    ``key: saved != wanted`` (empty when the run has no saved config yet)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    config = read_yaml_file(path)
+    out = []
+    for s in sets:
+        key, value = s.split("=", 1)
+        node: object = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        wanted = yaml.safe_load(value)
+        if node != wanted and not (isinstance(node, list) and list(wanted or []) == node):
+            out.append(f"{key}: {node!r} != {wanted!r}")
+    return out
 
 
 def oracle_family(family: Family, values: list[float], path: Path) -> Path:
@@ -222,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             oracles.append(pool.submit(
                 train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps,
                 ["model.arch=blind", *args.sets, *args.oracle_set],
-                args.episodes, logs, ["--split", "interpolation"], None, config_path))
+                args.episodes, logs, ["--split", "interpolation"], None, config_path, False))
     run_dirs = [f.result() for f in [*runs.values(), *sb3]]
     oracle_dirs = [f.result() for f in oracles] + [Path(d) for d in args.more_oracles]
     print(f"runs: {len(run_dirs)} + {len(oracle_dirs)} oracles in {time.perf_counter() - t:.0f} s")
