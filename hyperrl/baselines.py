@@ -3,11 +3,15 @@
     python -m hyperrl.baselines --env-family cartpole-mass --method dr|concat|oracle
         [--total-steps N] [--seed N] [--run-dir DIR] [--device cpu|auto|cuda]
         [--oracle-split extrapolation|interpolation|all] [--oracle-max-variants K]
-        [--eval-episodes E] [--eval-interval-steps S] [--threads T] [--set KEY=VALUE ...]
+        [--eval-episodes E] [--eval-interval-steps S] [--threads T] [--vec-env auto|batched|dummy]
+        [--set KEY=VALUE ...]
 
 Every method is SB3 PPO (``MlpPolicy``) with rl-baselines3-zoo's tuned hyperparameters for
 the family's env id (:data:`ZOO_HYPERPARAMS`, those of the Gymnasium env a hyperrl env
-extends; SB3's defaults for an env id the zoo table lacks), on real Gymnasium envs (:class:`hyperrl.wrappers.FamilyEnv`):
+extends; SB3's defaults for an env id the zoo table lacks), on the family's batched simulator
+through :class:`hyperrl.sb3.SB3VecEnv` where that trains faster (CartPole and Acrobot
+families; ``--vec-env``), else on real Gymnasium envs (:class:`hyperrl.wrappers.FamilyEnv`)
+in SB3's ``DummyVecEnv``; the simulators step as Gymnasium's envs do (to 1e-10 in float64):
 
 * ``dr`` (domain randomisation): one policy; the parameters are re-drawn from the train
   distribution every episode; the policy never sees them.
@@ -65,6 +69,8 @@ __all__ = [
     "ZOO_HYPERPARAMS",
     "load_baseline_run",
     "make_sb3_ppo",
+    "sb3_vec_env",
+    "resolve_vec_env",
     "sb3_actor",
     "train_sb3_until",
     "select_variants",
@@ -128,13 +134,54 @@ def _schedule(v: Any) -> Any:
     return v
 
 
-def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu",
-                 values: torch.Tensor | None = None, **overrides: Any):
-    """SB3 PPO with the zoo hyperparameters for the family's env id. ``dr``/``concat``:
-    FamilyEnvs that draw a new variant every episode (``concat`` appends the context);
-    ``oracle``: FamilyEnvs fixed to ``values``."""
-    from stable_baselines3 import PPO
+VEC_ENVS = ("auto", "batched", "dummy")
+# Simulators on which SB3 PPO with the zoo's envs collects rollouts faster through
+# hyperrl.sb3.SB3VecEnv than through a DummyVecEnv of Gymnasium envs (benchmarks/README.md,
+# bench_gym_api.py --part sb3): CartPole's 8 and Acrobot's 16 envs; Pendulum's 4 cheap envs
+# step faster one by one than through the torch simulator's fixed per-step cost.
+SB3_BATCHED = ("cartpole", "acrobot")
+
+
+def resolve_vec_env(family: Family, vec_env: str = "auto") -> str:
+    """``batched`` or ``dummy``: the VecEnv :func:`sb3_vec_env` builds for ``vec_env``."""
+    if vec_env not in VEC_ENVS:
+        raise HyperrlError(f"--vec-env must be one of {', '.join(VEC_ENVS)}, got {vec_env!r}")
+    if vec_env == "auto":
+        return "batched" if family.batched in SB3_BATCHED else "dummy"
+    if vec_env == "batched" and family.batched is None:
+        raise HyperrlError(f"--vec-env batched: family '{family.name}' has no batched simulator")
+    return vec_env
+
+
+def sb3_vec_env(family: Family, method: str, n_envs: int, seed: int, values: torch.Tensor | None = None,
+                vec_env: str = "auto"):
+    """The SB3 ``VecEnv`` a baseline trains on: ``batched`` -- :class:`hyperrl.sb3.SB3VecEnv`
+    over the family's batched simulator (float64, the precision Gymnasium computes in) in a
+    ``VecMonitor``, seeded by the model; ``dummy`` -- SB3's ``DummyVecEnv`` of
+    :class:`FamilyEnv`s (one Gymnasium env each, seeded ``seed * 1000 + rank``); ``auto`` --
+    :func:`resolve_vec_env`. Both draw a variant per episode (``dr``/``concat``) or run
+    ``values`` (``oracle``), ``concat`` with the context appended to the observation."""
+    if resolve_vec_env(family, vec_env) == "batched":
+        from stable_baselines3.common.vec_env import VecMonitor
+
+        from hyperrl.sb3 import SB3VecEnv
+
+        return VecMonitor(SB3VecEnv(family, n_envs, values=values, append_context=(method == "concat"),
+                                    dtype=torch.float64))
     from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env(
+        lambda rank=0: FamilyEnv(family, values=values, append_context=(method == "concat"),
+                                 seed=seed * 1000 + rank),
+        n_envs=n_envs, seed=seed)
+
+
+def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu",
+                 values: torch.Tensor | None = None, vec_env: str = "auto", **overrides: Any):
+    """SB3 PPO with the zoo hyperparameters for the family's env id on :func:`sb3_vec_env`:
+    ``dr``/``concat`` draw a new variant every episode (``concat`` appends the context);
+    ``oracle`` runs ``values``."""
+    from stable_baselines3 import PPO
 
     if method not in ("dr", "concat", "oracle"):
         raise ValueError(f"method must be 'dr', 'concat' or 'oracle', got {method!r}")
@@ -142,10 +189,7 @@ def make_sb3_ppo(family: Family, method: str, seed: int, device: str = "cpu",
         raise ValueError("values are required for 'oracle' and only for it")
     hp = hyperparams(family, overrides)
     n_envs = hp.pop("n_envs", 1)
-    venv = make_vec_env(
-        lambda rank=0: FamilyEnv(family, values=values, append_context=(method == "concat"),
-                                 seed=seed * 1000 + rank),
-        n_envs=n_envs, seed=seed)
+    venv = sb3_vec_env(family, method, n_envs, seed, values, vec_env)
     hp = {k: _schedule(v) for k, v in hp.items()}
     return PPO("MlpPolicy", venv, seed=seed, device=device, verbose=0, **hp)
 
@@ -304,13 +348,13 @@ def hyperparams(family: Family, overrides: dict[str, Any] | None = None) -> dict
 
 def make_ppo(family: Family, method: str, seed: int, device: str = "cpu",
              values: torch.Tensor | None = None, tensorboard_log: str | None = None,
-             overrides: dict[str, Any] | None = None):
+             overrides: dict[str, Any] | None = None, vec_env: str = "auto"):
     """SB3 PPO for ``method``: 'dr'/'concat' via :func:`make_sb3_ppo` (variants
-    re-drawn every episode); 'oracle' on FamilyEnvs fixed to ``values``, same hyperparameters."""
+    re-drawn every episode); 'oracle' on envs fixed to ``values``, same hyperparameters."""
 
     if method not in ("dr", "concat", "oracle") or ((method == "oracle") != (values is not None)):
         raise ValueError(f"make_ppo: method {method!r} (oracle needs values)")
-    return make_sb3_ppo(family, method, seed, device=device, values=values,
+    return make_sb3_ppo(family, method, seed, device=device, values=values, vec_env=vec_env,
                         tensorboard_log=tensorboard_log, **dict(overrides or {}))
 
 
@@ -489,13 +533,15 @@ def _heldout_rows(family: Family, stats_by_split: dict[str, Any], labels: dict[s
 
 
 def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_steps: int, device: str,
-                 overrides: dict[str, Any], eval_episodes: int, eval_interval: int) -> dict[str, Any]:
+                 overrides: dict[str, Any], eval_episodes: int, eval_interval: int,
+                 vec_env: str = "auto") -> dict[str, Any]:
     """dr / concat: one PPO policy across the family; periodic and final held-out evaluation."""
     from torch.utils.tensorboard import SummaryWriter
 
 
     t0 = time.perf_counter()
-    model = make_ppo(family, method, seed, device, tensorboard_log=str(run_dir / "sb3"), overrides=overrides)
+    model = make_ppo(family, method, seed, device, tensorboard_log=str(run_dir / "sb3"), overrides=overrides,
+                     vec_env=vec_env)
     writer = SummaryWriter(str(run_dir))
 
     def on_eval(row: dict[str, Any]) -> None:
@@ -530,7 +576,8 @@ def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_st
 
 
 def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, device: str,
-                 overrides: dict[str, Any], eval_episodes: int, variants: list[dict[str, Any]]) -> dict[str, Any]:
+                 overrides: dict[str, Any], eval_episodes: int, variants: list[dict[str, Any]],
+                 vec_env: str = "auto") -> dict[str, Any]:
     """oracle: one PPO policy per variant, each with ``total_steps``; then one evaluation of
     every variant with its own model."""
     from torch.utils.tensorboard import SummaryWriter
@@ -541,7 +588,7 @@ def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, dev
     for i, var in enumerate(variants):
         tv = time.perf_counter()
         model = make_ppo(family, "oracle", seed, device, values=var["values"],
-                         tensorboard_log=str(run_dir / "sb3"), overrides=overrides)
+                         tensorboard_log=str(run_dir / "sb3"), overrides=overrides, vec_env=vec_env)
         try:
             model.learn(total_timesteps=total_steps, tb_log_name=f"variant-{i}")
             model.save(str(run_dir / var["model"]))
@@ -607,6 +654,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="held-out evaluation every this many steps (dr/concat; always at the end)")
     parser.add_argument("--threads", type=int_range(0), default=1,
                         help="torch CPU threads (0: torch's default); one is fastest for SB3's small MLPs")
+    parser.add_argument("--vec-env", default="auto", choices=VEC_ENVS,
+                        help="what SB3 steps: batched = the family's batched simulator through "
+                             "hyperrl.sb3.SB3VecEnv, dummy = a DummyVecEnv of Gymnasium envs, auto = batched "
+                             f"where it trains faster (simulators: {', '.join(SB3_BATCHED)})")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a PPO hyperparameter, e.g. --set n_steps=64 --set learning_rate=lin_3e-4")
     args = parser.parse_args(argv)
@@ -616,6 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise HyperrlError("--oracle-max-variants only applies to --method oracle")
     device = str(parse_device(args.device))
     overrides = parse_overrides(args.overrides)
+    vec_env = resolve_vec_env(family, args.vec_env)
     variants = []
     if args.method == "oracle":
         variants = select_variants(family, args.oracle_split, args.oracle_max_variants)
@@ -627,7 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if overrides:  # SB3 checks some combinations only when the model is built: build one first,
         try:       # so a rejected --set writes nothing
             trial = make_ppo(family, args.method, args.seed, device,
-                             values=variants[0]["values"] if variants else None, overrides=overrides)
+                             values=variants[0]["values"] if variants else None, overrides=overrides,
+                             vec_env=vec_env)
             trial.get_env().close()
         except (TypeError, ValueError, AssertionError, KeyError) as e:
             raise HyperrlError(f"--set: stable-baselines3 PPO rejects these hyperparameters: "
@@ -645,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
             "hyperparams_source": ("rl-baselines3-zoo" if base_env_id(family.env_id) in ZOO_HYPERPARAMS else "sb3-defaults")
                                   + (" + --set" if overrides else ""),
+            "vec_env": vec_env,
             "device": device, "torch_threads": torch.get_num_threads() if not args.threads else args.threads,
             "eval_episodes": args.eval_episodes, "version": __version__,
         }
@@ -662,10 +716,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_everything(args.seed)
         if args.method == "oracle":
             result = train_oracle(family, run_dir, args.seed, args.total_steps, device, overrides,
-                                  args.eval_episodes, variants)
+                                  args.eval_episodes, variants, vec_env)
         else:
             result = train_shared(family, args.method, run_dir, args.seed, args.total_steps, device, overrides,
-                                  args.eval_episodes, args.eval_interval_steps)
+                                  args.eval_episodes, args.eval_interval_steps, vec_env)
         metrics = {"family": family.name, "method": args.method, "total_steps": args.total_steps, **result,
                    "device": device, "seed": args.seed}
         write_json(run_dir / "metrics.json", metrics)

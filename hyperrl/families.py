@@ -35,7 +35,7 @@ import yaml
 from hyperrl import gym_envs  # noqa: F401 - registers hyperrl's env ids wherever a family can be made
 from hyperrl.errors import FamilyError
 from hyperrl.fileio import atomic_write_text
-from hyperrl.resources import builtin_dir
+from hyperrl.resources import builtin_families_dir, list_families
 from hyperrl.yamlio import YamlInputError, parse_yaml, read_yaml_file
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "FamilyError",
     "builtin_families_dir",
     "list_families",
+    "family_path",
     "load_family",
     "SPLITS",
     "check_expr",
@@ -56,20 +57,6 @@ __all__ = [
 SPLITS = ("interpolation", "extrapolation")
 _DISTS = ("uniform", "log_uniform")
 _SCALES = ("linear", "log")
-
-
-def builtin_families_dir() -> Path:
-    """The folder of built-in family YAMLs: $HYPERRL_ENVS_DIR when set, else the shipped ``envs``."""
-    override = os.environ.get("HYPERRL_ENVS_DIR")
-    if override:
-        return Path(override)
-    return builtin_dir("envs")
-
-
-def list_families() -> list[str]:
-    """Names of the built-in families, sorted."""
-    d = builtin_families_dir()
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
 # --------------------------------------------------------------------------------------
@@ -331,6 +318,10 @@ class ParamSpec:
             pieces = [(min(a, b), max(a, b), s) for a, b, s in pieces]
         else:
             pieces = [(lo, hi, 1.0) for lo, hi in self.train_ranges]
+        if len(pieces) == 1:  # one interval: the arithmetic below with idx = 0, fewer ops
+            a, b, sign = pieces[0]
+            t = a + torch.rand(n, generator=generator, dtype=torch.float64, device=dev) * (b - a)
+            return sign * torch.exp(t) if self.dist == "log_uniform" else t
         lengths = torch.tensor([b - a for a, b, _ in pieces], dtype=torch.float64, device=dev)
         lows = torch.tensor([a for a, _, _ in pieces], dtype=torch.float64, device=dev)
         signs = torch.tensor([s for _, _, s in pieces], dtype=torch.float64, device=dev)
@@ -395,14 +386,7 @@ class Family:
     def values_tensor(self, values: Mapping[str, float] | Sequence[float] | torch.Tensor) -> torch.Tensor:
         """A mapping {name: value} (every parameter named once) or a sequence -> [P] float64."""
         if isinstance(values, Mapping):
-            unknown = [k for k in values if k not in self.param_names]
-            if unknown:
-                self.spec(unknown[0])  # raises with the list of parameters
-            missing = [n for n in self.param_names if n not in values]
-            if missing:
-                raise FamilyError(
-                    f"family '{self.name}': no value given for parameter(s) {', '.join(missing)}"
-                )
+            self._check_names(values)
             out = torch.tensor([float(values[n]) for n in self.param_names], dtype=torch.float64)
         else:
             out = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
@@ -413,6 +397,43 @@ class Family:
                 )
         self.validate(out)
         return out
+
+    def _check_names(self, values: Mapping[str, Any]) -> None:
+        """Every parameter named once in ``values``, no other name (FamilyError otherwise)."""
+        unknown = [k for k in values if k not in self.param_names]
+        if unknown:
+            self.spec(unknown[0])  # raises with the list of parameters
+        missing = [n for n in self.param_names if n not in values]
+        if missing:
+            raise FamilyError(f"family '{self.name}': no value given for parameter(s) {', '.join(missing)}")
+
+    def values_rows(
+        self, values: Mapping[str, Any] | Sequence[float] | torch.Tensor, n: int
+    ) -> torch.Tensor:
+        """Values for ``n`` envs -> ``[n, P]`` float64, checked against the physical bounds.
+
+        ``values``: a mapping ``{name: value or [n] values}`` (every parameter named once), a
+        ``[P]`` sequence (the same variant in every env) or an ``[n, P]`` array.
+        """
+        if isinstance(values, Mapping):
+            self._check_names(values)
+            cols = []
+            for name in self.param_names:
+                col = torch.as_tensor(values[name], dtype=torch.float64).reshape(-1)
+                if col.numel() not in (1, n):
+                    raise FamilyError(f"family '{self.name}': {name} needs one value or {n} (one per env), "
+                                      f"got {col.numel()}")
+                cols.append(col.expand(n))
+            out = torch.stack(cols, dim=-1)
+        else:
+            out = torch.as_tensor(values, dtype=torch.float64)
+            if out.ndim <= 1:
+                out = self.values_tensor(out).expand(n, self.num_params)
+            elif tuple(out.shape) != (n, self.num_params):
+                raise FamilyError(f"family '{self.name}': expected values of shape [{n}, {self.num_params}] "
+                                  f"({', '.join(self.param_names)}), got {list(out.shape)}")
+        self.validate(out)
+        return out.clone()
 
     def as_dict(self, values: torch.Tensor) -> dict[str, float]:
         """[P] -> {name: float}."""
@@ -884,14 +905,9 @@ def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
                   fixed=fixed, derived=derived, distractors=distractors, source=source)
 
 
-def load_family(name_or_path: str | os.PathLike) -> Family:
-    """Load a built-in family by name (``cartpole-mass``) or any family YAML by path.
-
-    Everything is checked here, once, so a family that loads can run: the YAML
-    (:mod:`hyperrl.yamlio`: no duplicate key, no alias bomb, at most 1 MiB), the schema
-    (:func:`family_from_dict`) and the env (:meth:`Family.check_env`, one ``gym.make``).
-    Every refusal is one :class:`FamilyError` line naming the file and the key.
-    """
+def family_path(name_or_path: str | os.PathLike) -> Path:
+    """The YAML file of a built-in family name (``cartpole-mass``) or of a path; FamilyError
+    when there is none."""
     s = str(name_or_path)
     path = Path(s)
     looks_like_path = s.endswith((".yaml", ".yml")) or os.sep in s or "/" in s
@@ -905,6 +921,18 @@ def load_family(name_or_path: str | os.PathLike) -> Family:
         path = candidate
     if not path.is_file():
         raise FamilyError(f"family file {s} does not exist")
+    return path
+
+
+def load_family(name_or_path: str | os.PathLike) -> Family:
+    """Load a built-in family by name (``cartpole-mass``) or any family YAML by path.
+
+    Everything is checked here, once, so a family that loads can run: the YAML
+    (:mod:`hyperrl.yamlio`: no duplicate key, no alias bomb, at most 1 MiB), the schema
+    (:func:`family_from_dict`) and the env (:meth:`Family.check_env`, one ``gym.make``).
+    Every refusal is one :class:`FamilyError` line naming the file and the key.
+    """
+    path = family_path(name_or_path)
     try:
         raw = read_yaml_file(path)
     except YamlInputError as e:  # duplicate key, alias bomb, over 1 MiB, malformed

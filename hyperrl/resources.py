@@ -10,10 +10,11 @@ top-level folders beside it.
 from __future__ import annotations
 
 import importlib.resources
+import os
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["builtin_dir"]
+__all__ = ["builtin_dir", "builtin_families_dir", "list_families"]
 
 
 def builtin_dir(kind: Literal["envs", "configs"]) -> Path:
@@ -27,3 +28,17 @@ def builtin_dir(kind: Literal["envs", "configs"]) -> Path:
     package = Path(str(importlib.resources.files("hyperrl")))
     packaged = package / kind
     return packaged if packaged.is_dir() else package.parent / kind
+
+
+def builtin_families_dir() -> Path:
+    """The folder of built-in family YAMLs: $HYPERRL_ENVS_DIR when set, else the shipped ``envs``."""
+    override = os.environ.get("HYPERRL_ENVS_DIR")
+    if override:
+        return Path(override)
+    return builtin_dir("envs")
+
+
+def list_families() -> list[str]:
+    """Names of the built-in families, sorted."""
+    d = builtin_families_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []

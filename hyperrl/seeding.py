@@ -11,11 +11,13 @@
   loads with ``torch.load(..., weights_only=True)``.
 * :func:`generator_states` / :func:`restore_generators` do the same for a dict of named
   explicit generators.
+* :func:`stream_seed` derives the seed of one named random stream from a user's seed.
 """
 
 from __future__ import annotations
 
 import random
+import zlib
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "set_rng_state",
     "generator_states",
     "restore_generators",
+    "stream_seed",
 ]
 
 
@@ -141,3 +144,13 @@ def restore_generators(
         raise KeyError(f"no saved state for generator(s): {', '.join(missing)}")
     for k, g in generators.items():
         g.set_state(torch.as_tensor(states[k]).cpu().to(torch.uint8))
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of the random stream named ``stream`` for a user's ``seed``, in [0, 2**63).
+
+    Two torch generators seeded with the same number draw the same numbers, so two streams
+    fed from one seed (a simulator's start states and the parameter values of its variants)
+    would be correlated; NumPy's ``SeedSequence`` mixes the seed with the stream's name."""
+    entropy = [int(seed) % 2**64, zlib.crc32(stream.encode())]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))

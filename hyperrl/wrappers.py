@@ -11,15 +11,24 @@ import torch
 
 from hyperrl.families import Family
 
-__all__ = ["FamilyEnv"]
+__all__ = ["FamilyEnv", "context_observation_space"]
+
+
+def context_observation_space(base: gym.spaces.Box, context_dim: int) -> gym.spaces.Box:
+    """``base`` (a 1-D Box) with ``context_dim`` unbounded coordinates appended: the
+    observation of a policy that sees the family's context vector after the env's own."""
+    low = np.concatenate([base.low, np.full(context_dim, -np.inf, dtype=base.dtype)])
+    high = np.concatenate([base.high, np.full(context_dim, np.inf, dtype=base.dtype)])
+    return gym.spaces.Box(low, high, dtype=base.dtype)
 
 
 class FamilyEnv(gym.Wrapper):
     """A real Gymnasium env of ``family`` whose parameters change per episode.
 
     With ``values`` given, every episode uses those values; otherwise each ``reset`` draws
-    fresh values from the train distribution (domain randomisation) with its own seeded
-    generator. ``append_context=True`` appends the family's context vector to the
+    fresh values from the train distribution (domain randomisation) with its own generator,
+    seeded with ``seed`` (``None``: fresh entropy, as Gymnasium seeds an env never given a
+    seed) and re-seeded by ``reset(seed=...)``. ``append_context=True`` appends the family's context vector to the
     observation (the 'concat' baseline); ``info['params']`` always holds the values.
     """
 
@@ -28,22 +37,22 @@ class FamilyEnv(gym.Wrapper):
         family: Family,
         values: Mapping[str, float] | Sequence[float] | torch.Tensor | None = None,
         append_context: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,
         **make_kwargs: Any,
     ):
         self.family = family
         self.fixed_values = None if values is None else family.values_tensor(values)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
         first = self.fixed_values if self.fixed_values is not None else family.sample(1, self.generator, dtype=torch.float64)[0]
         super().__init__(family.make_env(first, **make_kwargs))
         self.values = first
         self.append_context = append_context
         if append_context:
-            base = self.env.observation_space
-            c = family.context_dim
-            low = np.concatenate([base.low, np.full(c, -np.inf, dtype=base.dtype)])
-            high = np.concatenate([base.high, np.full(c, np.inf, dtype=base.dtype)])
-            self.observation_space = gym.spaces.Box(low, high, dtype=base.dtype)
+            self.observation_space = context_observation_space(self.env.observation_space, family.context_dim)
 
     def _obs(self, obs: np.ndarray) -> np.ndarray:
         if not self.append_context:
@@ -53,7 +62,7 @@ class FamilyEnv(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:
-            self.generator.manual_seed(seed)
+            self.generator.manual_seed(int(seed))
         if self.fixed_values is None:
             self.values = self.family.sample(1, self.generator, dtype=torch.float64)[0]
             self.family.apply(self.env, self.values)

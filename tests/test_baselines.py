@@ -108,6 +108,7 @@ def test_shared_run_dir_layout_and_load(runs, method):
     info = json.loads((run / "run.json").read_text())
     assert info["method"] == method and info["family"] == FAMILY and info["seed"] == 0
     assert info["total_steps"] == 512 and info["hyperparams"]["n_steps"] == 32  # zoo CartPole-v1
+    assert info["vec_env"] == "batched"  # CartPole: SB3 steps the batched simulator (faster)
     assert (run / "family.yaml").read_text() == Path(load_family(FAMILY).source).read_text()
     assert (run / "model.zip").is_file() and list(run.glob("events.out.tfevents.*"))
     metrics = json.loads((run / "metrics.json").read_text())
@@ -208,6 +209,7 @@ def test_continuous_actions_pendulum(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["hyperparams"]["use_sde"] is True and info["hyperparams"]["n_steps"] == 64
     assert "--set" in info["hyperparams_source"]
+    assert info["vec_env"] == "dummy"  # Pendulum's few envs step faster as Gymnasium envs
     loaded = load(run)
     fam = loaded.family
     vals = fam.heldout_values("extrapolation")[:4]

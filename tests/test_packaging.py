@@ -148,3 +148,22 @@ def test_installed_wheel_trains_with_the_family_config(built: Built) -> None:
     # Only meaningful while the family's config departs from the defaults somewhere.
     defaults = _flatten(to_dict(TrainConfig()))
     assert any(defaults[k] != v for k, v in kept.items())
+
+
+def test_installed_wheel_registers_every_family_with_gymnasium(built: Built) -> None:
+    """Outside the repo, a process that never imports hyperrl itself reaches a family through
+    Gymnasium's module prefix (Gymnasium 1.x loads no entry-point plugins), and the import it
+    triggers registers every built-in family."""
+    script = (
+        "import json, gymnasium as gym\n"
+        "env = gym.make('hyperrl:hyperrl/cartpole-mass-v0', masspole=0.3)\n"
+        "obs, info = env.reset(seed=0)\n"
+        "venv = gym.make_vec('hyperrl/acrobot-links-v0', num_envs=2, vectorization_mode='vector_entry_point')\n"
+        "import hyperrl\n"
+        "print(json.dumps({'file': hyperrl.__file__, 'params': info['params'], 'vector': type(venv).__name__,\n"
+        "    'ids': sorted(k for k in gym.registry if k.startswith('hyperrl/') and k.endswith('-v0'))}))\n"
+    )
+    got = json.loads(_installed(built, "-c", script).stdout)
+    assert Path(got["file"]).resolve().is_relative_to(built.site.resolve())
+    assert got["params"] == {"masspole": 0.3} and got["vector"] == "FamilyVectorEnv"
+    assert got["ids"] == sorted(f"hyperrl/{f}-v0" for f in FAMILIES)
