@@ -206,3 +206,171 @@ def test_no_settotalmass_warning_from_hyperrl(capfd):
     load_family("cheetah-vel").make_env({"target_velocity": 1.0})
     captured = capfd.readouterr()
     assert "settotalmass" not in captured.err + captured.out
+
+
+# ------------------------------------------------------------------------------------------
+# The batched backend against Gymnasium, one re-synced step at a time
+# ------------------------------------------------------------------------------------------
+TOL = 1e-7  # the backend steps the same library on the same state: equal up to float32 sums
+
+
+def _sync(sim, envs) -> None:
+    """Every simulation's integration state (time, qpos, qvel, warm start, ...) := Gymnasium's."""
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    for i, e in enumerate(envs):
+        mujoco.mj_getState(e.unwrapped.model, e.unwrapped.data, sim.batch.state[i], spec)
+
+
+def _side_by_side(family, n: int, steps: int, seed: int, threads: int = 1, perturb=None) -> tuple[int, int]:
+    """``n`` random variants stepped in the backend and in ``family.make_env`` envs, re-synced
+    before every step; asserts the same observation, reward, terminated and truncated, and
+    at every autoreset the same new variant's first observation. -> (terminations, truncations)."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    values = family.sample(n, gen, dtype=F64)
+    sim = _make(family, n, seed=seed, threads=threads)
+    obs = sim.reset(params=values, seed=seed).numpy()
+    envs = [family.make_env(values[i]) for i in range(n)]
+    gobs = np.stack([e.reset(seed=seed + i)[0] for i, e in enumerate(envs)])
+    np.testing.assert_array_equal(obs, gobs)  # the same seeded reset noise
+    if perturb is not None:
+        perturb(sim)
+    nxt = family.sample(n, gen, dtype=F64)
+    sim.next_params = nxt.clone()
+    terms = truncs = 0
+    act_dim = sim.single_action_space.shape[0]
+    # strong random actions (beyond the bounds: both clip) fall quickly; weak ones reach the limit
+    scale = np.array([1.3, 0.02, 0.5])[np.arange(n) % 3, None]
+    for t in range(steps):
+        _sync(sim, envs)
+        a = rng.uniform(-1.0, 1.0, (n, act_dim)) * scale
+        out = sim.step(torch.from_numpy(a))
+        res = [e.step(np.clip(a[i], -1, 1).astype(np.float32)) for i, e in enumerate(envs)]
+        where = f"{family.name} step {t}"
+        np.testing.assert_allclose(out.final_obs.numpy(), np.stack([r[0] for r in res]), rtol=TOL, atol=TOL,
+                                   err_msg=where)
+        np.testing.assert_allclose(out.reward.numpy(), [r[1] for r in res], rtol=TOL, atol=TOL, err_msg=where)
+        term, trunc = np.array([r[2] for r in res]), np.array([r[3] for r in res])
+        assert np.array_equal(out.terminated.numpy(), term) and np.array_equal(out.truncated.numpy(), trunc), where
+        for i in np.flatnonzero(term | trunc):
+            terms, truncs = terms + int(term[i]), truncs + int(trunc[i])
+            family.apply(envs[i], nxt[i])  # Gymnasium's env takes the new variant and resets
+            np.testing.assert_array_equal(out.obs[i].numpy(), envs[i].reset()[0], err_msg=where)
+            assert torch.equal(sim.params[i], nxt[i]), where
+            nxt[i] = family.sample(1, gen, dtype=F64)[0]
+            sim.next_params[i] = nxt[i]
+    for e in envs:
+        e.close()
+    return terms, truncs
+
+
+def _make(family, n, seed=0, threads=1):
+    from hyperrl.sim import make_vec_env
+
+    return make_vec_env(family, n, dtype=F64, seed=seed, threads=threads)
+
+
+@pytest.mark.parametrize("family_name", MUJOCO_FAMILIES)
+def test_batched_backend_matches_gymnasium_step_by_step(family_name):
+    import dataclasses
+
+    family = dataclasses.replace(load_family(family_name), max_episode_steps=50)  # truncations, quickly
+    terms, truncs = _side_by_side(family, n=5, steps=130, seed=3)
+    assert truncs >= 2
+    if family.env_id.startswith(("Hopper", "Walker")):
+        assert terms >= 5  # random actions fall: terminations and autoresets exercised
+
+
+def test_a_small_physics_error_is_caught():
+    """The comparison sees a 0.1 % error in one env's gravity, and a stale derived constant."""
+    import dataclasses
+
+    family = dataclasses.replace(load_family("hopper-actuator"), max_episode_steps=50)
+
+    def heavier(sim):
+        sim.models[0].opt.gravity[2] *= 1.001
+        sim.batch.set_models(sim.models)
+
+    def stale(sim):  # the masses of a 2x heavier hopper, the constants of the old one
+        sim.models[1].body_mass[:] *= 2.0
+        sim.models[1].body_inertia[:] *= 2.0
+        sim.batch.set_models(sim.models)
+
+    for perturb in (heavier, stale):
+        with pytest.raises(AssertionError):
+            _side_by_side(family, n=3, steps=20, seed=1, perturb=perturb)
+
+
+def test_thread_count_and_checkpoint_do_not_change_the_run():
+    """Two threads step bit for bit as one; a state_dict taken mid-run continues exactly."""
+    family = load_family("walker-mass")
+    gen = torch.Generator().manual_seed(0)
+    values = family.sample(6, gen, dtype=F64)
+    actions = torch.rand(60, 6, 6, generator=gen, dtype=F64) * 2 - 1
+    runs = []
+    for threads in (1, 2):
+        sim = _make(family, 6, seed=4, threads=threads)
+        sim.reset(params=values, seed=4)
+        sim.next_params = family.sample(6, gen.manual_seed(1), dtype=F64)
+        outs = []
+        for t, a in enumerate(actions):
+            if t == 30:
+                snap = sim.state_dict()
+            outs.append(sim.step(a))
+        runs.append((outs, snap))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    resumed = _make(family, 6, seed=99)
+    resumed.reset()
+    resumed.load_state_dict(runs[0][1])
+    for t in range(30, 60):
+        out = resumed.step(actions[t])
+        assert all(torch.equal(x, y) for x, y in zip(out, runs[0][0][t])), t
+
+
+def test_inverted_thigh_is_the_negated_thigh_action():
+    """hopper-actuator: under thigh_gear -g the hopper moves as under +g with the thigh's
+    action negated (same reward: the control cost is even), in Gymnasium and in the backend."""
+    family = load_family("hopper-actuator")
+    rng = np.random.default_rng(0)
+    acts = rng.uniform(-1, 1, (25, 3)).astype(np.float32)
+    flip = np.array([-1.0, 1.0, 1.0], dtype=np.float32)
+    inv, ref = family.make_env({"thigh_gear": -0.9}), family.make_env({"thigh_gear": 0.9})
+    inv.reset(seed=2), ref.reset(seed=2)
+    sim = _make(family, 2, seed=2)
+    sim.reset(params=torch.tensor([[-0.9], [0.9]], dtype=F64), seed=2)
+    sim.batch.state[1] = sim.batch.state[0]
+    for t, a in enumerate(acts):
+        (o1, r1, *_), (o2, r2, *_) = inv.step(a), ref.step(a * flip)
+        np.testing.assert_allclose(o1, o2, rtol=0, atol=1e-12, err_msg=f"step {t}")
+        assert r1 == pytest.approx(r2, abs=1e-12)
+        out = sim.step(torch.from_numpy(np.stack([a, a * flip]).astype(np.float64)))
+        np.testing.assert_allclose(out.final_obs[0].numpy(), out.final_obs[1].numpy(), rtol=0, atol=1e-12)
+    moved = np.abs(o1 - family.make_env({"thigh_gear": 0.9}).reset(seed=2)[0]).max()
+    assert moved > 0.05
+
+
+@pytest.mark.parametrize(("params", "env_id", "top", "expect"), [
+    ({"p": _param({"quantity": "mass"})}, "Ant-v5", {}, "batched mujoco supports HalfCheetah-v5"),
+    ({"p": {"bounds": [0.1, 2.0], "train": {"ranges": [[0.5, 1.0]]}}}, "HalfCheetah-v5", {},
+     None),  # an attribute HalfCheetah-v5 does not have: refused at load already
+])
+def test_backend_refusals_are_one_line(params, env_id, top, expect):
+    if expect is None:
+        with pytest.raises(FamilyError, match="has no attribute 'p'"):
+            _family(params, env_id=env_id, batched="mujoco")
+        return
+    fam = _family(params, env_id=env_id, batched="mujoco", **top)
+    with pytest.raises(FamilyError) as e:
+        _make(fam, 2)
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_backend_refuses_attributes_it_does_not_model():
+    raw = {"name": "t", "env_id": "hyperrl/HalfCheetahVel-v5", "batched": "mujoco",
+           "params": {"frame_skip": {"bounds": [1, 10], "train": {"ranges": [[4, 6]]}}},
+           "heldout": {"interpolation": {"values": [5]}, "extrapolation": {"values": [8]}}}
+    fam = family_from_dict(raw, source="t.yaml")
+    with pytest.raises(FamilyError, match="batched mujoco cannot vary attribute 'frame_skip'.*target_velocity"):
+        _make(fam, 2)
+
