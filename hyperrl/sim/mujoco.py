@@ -99,8 +99,6 @@ class MujocoVecEnv(VecEnv):
             self._original = original_fields(model, self._fields)
             self.batch = Batch(model, nsim=n, nthread=int(threads))
             self.model = model
-            # one model per env only when a parameter is a model quantity
-            self.models = [copy.copy(model) for _ in range(n)] if self._resolved else None
             self._scratch = mujoco.MjData(model)
         if limit is None:
             raise FamilyError(f"family '{family.name}': {family.env_id} has no time limit; "
@@ -126,7 +124,17 @@ class MujocoVecEnv(VecEnv):
         self.params = self._to_device(self._values)
         self.next_params = self.params.clone()
         self.elapsed = np.zeros(n, dtype=np.int64)
-        self._set_params(np.arange(n), self._values)
+        # Env i runs on models[i]: at first one shared model at the default values; an env
+        # gets a copy of its own the first time its values are set (model quantities only).
+        self.models: list[Any] = []
+        self._pool: list[Any] = []  # models of predict()'s distinct values
+        self._shared = None
+        if self._resolved:
+            shared = copy.copy(model)
+            self._write(shared, row[None])
+            self.models = [shared] * n
+            self._shared = shared
+            self.batch.set_models(self.models)
         self.batch.reset()
 
     # ---- set-up ---------------------------------------------------------------------
@@ -212,10 +220,16 @@ class MujocoVecEnv(VecEnv):
         self._values[ids] = rows
         if not self._resolved:
             return
-        new = field_values(self._original, self._resolved, rows[:, self._mj_cols])
         for k, i in enumerate(ids):
-            set_model(self.models[i], self._scratch, {f: v[k] for f, v in new.items()})
+            if self.models[i] is self._shared:
+                self.models[i] = copy.copy(self.model)
+            self._write(self.models[i], rows[k:k + 1])
         self.batch.set_models(self.models)  # the batch reads the models as they are now
+
+    def _write(self, model: Any, row: np.ndarray) -> None:
+        """``model`` := the compiled model with the model quantities of ``row`` [1, P]."""
+        new = field_values(self._original, self._resolved, row[:, self._mj_cols])
+        set_model(model, self._scratch, {f: v[0] for f, v in new.items()})
 
     def _start(self, ids: np.ndarray) -> None:
         """Gymnasium's ``reset`` for envs ``ids``: ``mj_resetData``, then ``reset_model``'s
@@ -357,24 +371,41 @@ class MujocoVecEnv(VecEnv):
         return qpos, obs[:, k:k + self._nv].copy()
 
     def predict(self, values: np.ndarray, obs: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One step of every env from the states the observations describe ``obs`` [N, D],
-        each under its own values [N, P] and action [N, A] -> (next observation [N, D],
-        reward [N]). The envs' episodes are not continued (their counters and generators are
-        untouched; their state is replaced)."""
+        """One step from the states the observations ``obs`` [B, D] describe, each under its
+        own values [B, P] and action [B, A], on the first ``B <= num_envs`` envs ->
+        (next observation [B, D], reward [B]). Those envs' episodes are not continued: their
+        state is replaced (their values, counters and generators are kept)."""
         import mujoco
 
-        self._set_params(np.arange(self.num_envs), np.asarray(values, dtype=np.float64))
-        self.batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE)
-        self._qpos[:], self._qvel[:] = self.states_from_obs(obs)
-        self.batch.forward()
-        a = np.clip(np.asarray(action, dtype=np.float64), self._act_low.numpy(), self._act_high.numpy())
-        a = a.astype(self._act_dtype)
-        x_before = self._qpos[:, 0].copy()
-        self._ctrl[:] = a
-        self.batch.step(nstep=self.frame_skip)
-        x_velocity = (self._qpos[:, 0] - x_before) / self.dt
-        healthy = self._healthy(self._qpos, self._qvel) if self.task in ("hopper", "walker") else None
-        return self._observe(self._qpos, self._qvel), self._reward(x_velocity, a, self._values, healthy)
+        values = np.asarray(values, dtype=np.float64).reshape(-1, self.family.num_params)
+        b = len(values)
+        if b > self.num_envs:
+            raise ValueError(f"predict: {b} rows for {self.num_envs} envs")
+        self.family.validate(torch.from_numpy(values))
+        ids = np.arange(b)
+        if self._resolved:  # one model per distinct row of values, shared by its envs
+            rows, inverse = np.unique(values, axis=0, return_inverse=True)
+            while len(self._pool) < len(rows):
+                self._pool.append(copy.copy(self.model))
+            for k, row in enumerate(rows):
+                self._write(self._pool[k], row[None])
+            self.batch.set_models([self._pool[k] for k in inverse.reshape(-1)] + self.models[b:])
+        self.batch.reset(ids, stage=mujoco.mjtStage.mjSTAGE_NONE)
+        qpos, qvel = self.states_from_obs(obs)
+        x_before = qpos[:, 0].copy()
+        self._qpos[:b], self._qvel[:b] = qpos, qvel
+        self.batch.forward(ids)
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(b, -1), self._act_low.numpy(),
+                    self._act_high.numpy()).astype(self._act_dtype)
+        self._ctrl[:b] = a
+        self.batch.step(ids, nstep=self.frame_skip)
+        qpos, qvel = self._qpos[:b], self._qvel[:b]
+        x_velocity = (qpos[:, 0] - x_before) / self.dt
+        healthy = self._healthy(qpos, qvel) if self.task in ("hopper", "walker") else None
+        out = self._observe(qpos, qvel), self._reward(x_velocity, a, values, healthy)
+        if self._resolved:
+            self.batch.set_models(self.models)
+        return out
 
     def close(self) -> None:
         self.batch = None  # type: ignore[assignment]
