@@ -28,6 +28,7 @@ test: $(STAMP)
 # whole runs: minutes to hours on a CPU); sweep_adapt_settings.py needs pre-trained runs (--run).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py
+	$(BIN)/python benchmarks/bench_mujoco.py --quick
 	$(BIN)/python benchmarks/bench_adapt.py --fast
 
 # PASS/FAIL per CUDA code path in a few minutes; without CUDA one line and exit 0
