@@ -569,8 +569,6 @@ class Family:
 
     def make_env(self, values: Mapping[str, float] | torch.Tensor | Sequence[float], **make_kwargs: Any):
         """A real ``gymnasium.make`` env (time limit included) with the parameters applied."""
-        import gymnasium as gym
-
         kwargs = dict(self.env_kwargs)
         kwargs.update(make_kwargs)
         if self.max_episode_steps is not None:
@@ -584,8 +582,6 @@ class Family:
         """``gymnasium.make(env_id, **env_kwargs)`` as the YAML gives them (no parameters
         applied), closed on exit: the env the load checks run on. A failure to build it is a
         FamilyError naming ``env_kwargs`` when they are what the env refuses, else ``env_id``."""
-        import gymnasium as gym
-
         kwargs = dict(self.env_kwargs)
         try:
             env = gym_make(self.env_id, **kwargs)

@@ -24,8 +24,12 @@ class HalfCheetahVelEnv(HalfCheetahEnv):
 
     target_velocity: float = 1.0
 
-    def __init__(self, ctrl_cost_weight: float = 0.05, **kwargs: Any):
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any):
+        """HalfCheetah-v5's arguments, with ``ctrl_cost_weight`` 0.05 unless given (it is
+        the 5th positional argument: ``EzPickle`` rebuilds a copy from the positional form)."""
+        if len(args) < 5:
+            kwargs.setdefault("ctrl_cost_weight", 0.05)
+        super().__init__(*args, **kwargs)
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         """``-w_f * |v_x - target| - w_c * ||a||^2`` and its parts (``info``'s keys as v5's)."""

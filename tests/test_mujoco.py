@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -194,11 +193,21 @@ def test_cheetah_vel_is_half_cheetah_with_the_velocity_reward():
     rng = np.random.default_rng(0)
     for _ in range(30):
         a = rng.uniform(-1, 1, 6).astype(np.float32)
-        (o1, r1, *_, i1), (o2, r2, *_, i2) = ours.step(a), theirs.step(a)
+        (o1, r1, *_), (o2, r2, *_, i2) = ours.step(a), theirs.step(a)
         np.testing.assert_array_equal(o1, o2)
         v = i2["x_velocity"]
         assert r1 == pytest.approx(-abs(v - 1.5) - 0.05 * float(np.sum(np.square(a))), rel=1e-6)
         assert r2 == pytest.approx(v - 0.1 * float(np.sum(np.square(a))), rel=1e-6)
+
+
+def test_cheetah_vel_copies_keep_its_cost_weight():
+    """EzPickle rebuilds a copy from the positional arguments HalfCheetah-v5 records."""
+    import copy
+
+    env = gym_make("hyperrl/HalfCheetahVel-v5").unwrapped
+    assert env._ctrl_cost_weight == 0.05
+    assert copy.deepcopy(env)._ctrl_cost_weight == 0.05
+    assert gym_make("hyperrl/HalfCheetahVel-v5", ctrl_cost_weight=0.2).unwrapped._ctrl_cost_weight == 0.2
 
 
 def test_no_settotalmass_warning_from_hyperrl(capfd):

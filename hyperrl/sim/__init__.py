@@ -1,4 +1,5 @@
-"""Vectorised environments for a family: built-in batched torch simulators or gymnasium.vector."""
+"""Vectorised environments for a family: built-in batched torch simulators, the batched MuJoCo
+backend, or gymnasium.vector."""
 
 from __future__ import annotations
 
