@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sim.py
 	$(BIN)/python benchmarks/bench_gym_api.py --quick --part env
+	$(BIN)/python benchmarks/bench_mujoco.py --quick
 	$(BIN)/python benchmarks/bench_adapt.py --fast
 
 # PASS/FAIL per CUDA code path in a few minutes; without CUDA one line and exit 0

@@ -35,7 +35,9 @@ unseen); the choices are printed and saved in ``<out>/<family>/tuning.json``.
 
 Every run and evaluation is reused when the script runs again with the same ``--out``
 (default ``runs/protocol``), unless the run's saved config disagrees with the settings asked
-for now (a tuned value, another ``--steps``): such a run is moved aside and retrained; ``--workers`` processes run at once, one torch thread each.
+for now (a tuned value, another ``--steps``): such a run is moved aside and retrained;
+``--workers`` processes run at once, one torch thread each (and one MuJoCo thread:
+``env.sim_threads=1`` for a ``batched: mujoco`` family).
 Each command's output is in ``<out>/logs``; the wall-clock of each phase is printed.
 """
 
@@ -199,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     tag = family.name + (f"-d{args.distractors}" if args.distractors else "")
     out = Path(args.out) / tag
     logs = Path(args.out) / "logs"
-    base_sets = [f"env.distractors={args.distractors}", *args.sets]
+    # one thread per run, MuJoCo's batched backend included: --workers runs share the cores
+    thread_sets = ["env.sim_threads=1"] if family.batched == "mujoco" else []
+    base_sets = [f"env.distractors={args.distractors}", *thread_sets, *args.sets]
     pool = ThreadPoolExecutor(max_workers=max(1, args.workers))
     print(f"{tag}: archs {', '.join(args.archs)}; seeds {args.seeds[0]}..{args.seeds[-1]} ({len(args.seeds)}); "
           f"{steps:,} env steps per run; {args.workers} worker(s); out {out}")
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = fam_path.parent / "run"
             oracles.append(pool.submit(
                 train_and_evaluate, str(fam_path), run_dir, 1, oracle_steps,
-                ["model.arch=blind", *args.sets, *args.oracle_set],
+                ["model.arch=blind", *thread_sets, *args.sets, *args.oracle_set],
                 args.episodes, logs, ["--split", "interpolation"], None, config_path, False))
     run_dirs = [f.result() for f in [*runs.values(), *sb3]]
     oracle_dirs = [f.result() for f in oracles] + [Path(d) for d in args.more_oracles]

@@ -22,7 +22,7 @@ from hyperrl.hypernet import TRAIN_ACT_MODULES, HyperNetwork, functional_mlp
 from hyperrl.ppo import Categorical, DiagGaussian, clip_action
 from hyperrl.train_config import ModelConfig
 
-__all__ = ["HyperAgent", "SlotRows", "RolloutWeights", "apply_rows", "gather_slots", "act"]
+__all__ = ["HyperAgent", "ObsNorm", "SlotRows", "RolloutWeights", "apply_rows", "gather_slots", "act"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,73 @@ def gather_slots(table: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
     return table.gather(1, idx).transpose(0, 1)
 
 
+class ObsNorm(nn.Module):
+    """Running mean and variance of observations (``model.obs_norm``; the statistics of
+    Gymnasium's ``NormalizeObservation`` and SB3's ``VecNormalize``: Chan et al.'s parallel
+    update, initial count 1e-4, variance epsilon 1e-8).
+
+    Normalising ``(o - mean) / std`` before a linear layer ``W o + b`` is the layer
+    ``(W / std) o + (b - (W / std) mean)``: :meth:`fold` rewrites a generated first layer so,
+    and every consumer of generated weights (rollouts, evaluation, adaptation, exports) gets
+    a policy on raw observations. Statistics are buffers: saved with the agent, never trained.
+    """
+
+    EPS = 1e-8
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, obs: torch.Tensor) -> None:
+        """Add a batch of observations ``[..., D]`` to the statistics (in float64)."""
+        x = obs.reshape(-1, obs.shape[-1]).to(torch.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        c = self.count.to(torch.float64)
+        m = self.mean.to(torch.float64)
+        tot = c + n
+        delta = mean - m
+        m2 = self.var.to(torch.float64) * c + var * n + delta.pow(2) * c * n / tot
+        self.mean.copy_(m + delta * n / tot)
+        self.var.copy_(m2 / tot)
+        self.count.copy_(tot)
+
+    def shift_scale(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / std) ``[D]`` in ``dtype``."""
+        return self.mean.to(dtype), torch.rsqrt(self.var.to(torch.float64) + self.EPS).to(dtype)
+
+    def fold(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Generated weights of an MLP on normalised observations -> the same MLP on raw ones
+        (``"0.weight" [B, h, D]`` and ``"0.bias" [B, h]`` rewritten; other entries shared)."""
+        w0, b0 = weights["0.weight"], weights["0.bias"]
+        mean, inv = self.shift_scale(w0.dtype)
+        w = w0 * inv
+        out = dict(weights)
+        out["0.weight"], out["0.bias"] = w, b0 - (w * mean).sum(-1)
+        return out
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        mean, inv = self.shift_scale(obs.dtype)
+        return (obs - mean) * inv
+
+
+class _NormalizeFirst(nn.Module):
+    """The MLP critic's input ``[obs, context]`` with the observation columns normalised."""
+
+    def __init__(self, norm: ObsNorm, obs_dim: int):
+        super().__init__()
+        self.norm = norm
+        self.obs_dim = obs_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.norm(x[..., :self.obs_dim]), x[..., self.obs_dim:]], -1)
+
+
 class HyperAgent(nn.Module):
     """The actor of ``model.arch`` (context -> per-variant policy weights, :mod:`hyperrl.archs`;
     a hypernetwork generating every weight by default) and a critic.
@@ -148,6 +215,8 @@ class HyperAgent(nn.Module):
         if not self.discrete and cfg.log_std == "generated":
             extra = {"log_std": (self.act_dim,)}
             extra_init = {"log_std": cfg.log_std_init}
+        # model.obs_norm: one set of statistics, read by the actor's fold and the critic
+        self.obs_norm = ObsNorm(obs_dim) if cfg.obs_norm else None
         hyper_kwargs = dict(embed_sizes=cfg.embed_sizes, init=cfg.init, chunk_size=cfg.chunk_size,
                             chunk_embed_dim=cfg.chunk_embed_dim)
         self.actor = make_actor(cfg.arch, context_dim, [obs_dim, *cfg.hidden_sizes, self.act_dim], cfg.activation,
@@ -175,7 +244,8 @@ class HyperAgent(nn.Module):
             out = _ScalarLinear(sizes[-1], 1)
             nn.init.orthogonal_(out.weight, 1.0)
             nn.init.zeros_(out.bias)
-            self.critic = nn.Sequential(*layers, out)
+            first = [_NormalizeFirst(self.obs_norm, obs_dim)] if self.obs_norm is not None else []
+            self.critic = nn.Sequential(*first, *layers, out)
 
     def actor_parameters(self) -> list[nn.Parameter]:
         """The hypernetwork (and a learned log-std)."""
@@ -190,8 +260,10 @@ class HyperAgent(nn.Module):
         return torch.zeros_like(context) if self.cfg.context == "none" else context
 
     def policy_weights(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
-        """[B, C] -> generated policy weights, each [B, ...] keyed like the target state dict."""
-        return self.actor(self.condition(context))
+        """[B, C] -> generated policy weights, each [B, ...] keyed like the target state dict
+        (with ``model.obs_norm``, the normalisation folded into the first layer)."""
+        w = self.actor(self.condition(context))
+        return w if self.obs_norm is None else self.obs_norm.fold(w)
 
     def log_std_of(self, weights: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The Gaussian policy's log-std: the learned one ``[A]``, or the one generated with
@@ -220,7 +292,10 @@ class HyperAgent(nn.Module):
 
     # ---- critic -------------------------------------------------------------------
     def critic_weights(self, context: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        return None if self.critic_hyper is None else self.critic_hyper(self.condition(context))
+        if self.critic_hyper is None:
+            return None
+        w = self.critic_hyper(self.condition(context))
+        return w if self.obs_norm is None else self.obs_norm.fold(w)
 
     def value(
         self,

@@ -35,6 +35,7 @@ import yaml
 from hyperrl import gym_envs  # noqa: F401 - registers hyperrl's env ids wherever a family can be made
 from hyperrl.errors import FamilyError
 from hyperrl.fileio import atomic_write_text
+from hyperrl.mujoco_params import MujocoTarget, apply_to_env, is_mujoco_env, parse_target, quiet_compile
 from hyperrl.resources import builtin_families_dir, list_families
 from hyperrl.yamlio import YamlInputError, parse_yaml, read_yaml_file
 
@@ -52,6 +53,7 @@ __all__ = [
     "expr_names",
     "distractor_context",
     "MAX_DISTRACTORS",
+    "gym_make",
 ]
 
 SPLITS = ("interpolation", "extrapolation")
@@ -259,6 +261,8 @@ class ParamSpec:
     train_ranges: tuple[tuple[float, float], ...]
     unit: str = ""
     description: str = ""
+    # a MuJoCo model quantity (hyperrl.mujoco_params) instead of an attribute of the env
+    mujoco: MujocoTarget | None = None
 
     def magnitude(self, x: torch.Tensor) -> torch.Tensor:
         return x.abs() if self.signed else x
@@ -530,16 +534,32 @@ class Family:
         return self._fail(where, f"{self.env_id} has no attribute '{name}'{hint}; its numeric attributes: "
                                  + (shown or "(none)"))
 
+    @property
+    def mujoco_params(self) -> tuple[ParamSpec, ...]:
+        """The parameters that are MuJoCo model quantities (``params.<p>.mujoco``)."""
+        return tuple(p for p in self.params if p.mujoco is not None)
+
     def apply(self, env: Any, values: Mapping[str, float] | torch.Tensor | Sequence[float]) -> None:
-        """Set the parameters on ``env.unwrapped``, then recompute the derived attributes."""
+        """Set the parameters on ``env.unwrapped``, then recompute the derived attributes.
+
+        A MuJoCo parameter sets its model quantity relative to the compiled model's value,
+        then ``mj_setConst`` recomputes MuJoCo's derived constants
+        (:func:`hyperrl.mujoco_params.apply_to_env`)."""
         v = self.values_tensor(values)
         base = env.unwrapped
         settings = [(f"fixed.{k}", k, x) for k, x in self.fixed.items()]
-        settings += [(f"params.{n}", n, x) for n, x in zip(self.param_names, v.tolist())]
+        settings += [(f"params.{p.name}", p.name, x) for p, x in zip(self.params, v.tolist()) if p.mujoco is None]
         for where, name, x in settings:
             if not hasattr(base, name):
                 raise self._no_attribute(base, where, name)
             setattr(base, name, float(x))
+        if self.mujoco_params:
+            if not is_mujoco_env(base):
+                raise self._fail(f"params.{self.mujoco_params[0].name}.mujoco",
+                                 f"{self.env_id} is not a MuJoCo env (its unwrapped env has no MjModel 'model')")
+            idx = [j for j, p in enumerate(self.params) if p.mujoco is not None]
+            apply_to_env(base, [self.params[j].mujoco for j in idx], [float(v[j]) for j in idx],
+                         [f"params.{self.params[j].name}.mujoco" for j in idx], self._fail, self.env_id)
         for name, expr in self.derived.items():
             setattr(base, name, self._derived_value(base, name, expr, v))
 
@@ -570,13 +590,11 @@ class Family:
 
     def make_env(self, values: Mapping[str, float] | torch.Tensor | Sequence[float], **make_kwargs: Any):
         """A real ``gymnasium.make`` env (time limit included) with the parameters applied."""
-        import gymnasium as gym
-
         kwargs = dict(self.env_kwargs)
         kwargs.update(make_kwargs)
         if self.max_episode_steps is not None:
             kwargs.setdefault("max_episode_steps", self.max_episode_steps)
-        env = gym.make(self.env_id, **kwargs)
+        env = gym_make(self.env_id, **kwargs)
         self.apply(env, values)
         return env
 
@@ -585,11 +603,9 @@ class Family:
         """``gymnasium.make(env_id, **env_kwargs)`` as the YAML gives them (no parameters
         applied), closed on exit: the env the load checks run on. A failure to build it is a
         FamilyError naming ``env_kwargs`` when they are what the env refuses, else ``env_id``."""
-        import gymnasium as gym
-
         kwargs = dict(self.env_kwargs)
         try:
-            env = gym.make(self.env_id, **kwargs)
+            env = gym_make(self.env_id, **kwargs)
         except Exception as e:  # noqa: BLE001 - whatever gym.make raises, this family cannot run
             call = ", ".join([repr(self.env_id), *(f"{k}={v!r}" for k, v in kwargs.items())])
             problem = " ".join(f"{type(e).__name__}: {e}".split())
@@ -634,7 +650,7 @@ class Family:
         """
         with self.probe_env() as env:
             base = env.unwrapped
-            declared = [(f"params.{n}", n) for n in self.param_names]
+            declared = [(f"params.{p.name}", p.name) for p in self.params if p.mujoco is None]
             declared += [(f"{section}.{n}", n) for section in ("fixed", "derived") for n in getattr(self, section)]
             for where, name in declared:
                 if not hasattr(base, name):
@@ -660,9 +676,10 @@ class Family:
                 return self.stale_attributes(probe)
         computed = init_computed_attributes(type(env.unwrapped))
         declared = set(self.param_names) | set(self.fixed) | set(self.derived)
+        attrs = {p.name for p in self.params if p.mujoco is None}
         found = []
         for attr, expr in computed.items():
-            reads = expr_names(check_expr(expr, "")) & set(self.param_names)
+            reads = expr_names(check_expr(expr, "")) & attrs
             value = getattr(env.unwrapped, attr, None)
             if attr in declared or not reads or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -766,7 +783,7 @@ class _Reader:
 
 def _parse_param(r: _Reader, name: str, raw: Any) -> ParamSpec:
     where = f"params.{name}"
-    d = r.mapping(raw, where, ["bounds", "signed", "context", "train", "unit", "description"],
+    d = r.mapping(raw, where, ["bounds", "signed", "context", "train", "unit", "description", "mujoco"],
                   ["bounds", "train"])
     bounds = r.interval(d["bounds"], f"{where}.bounds")
     signed = d.get("signed", False)
@@ -787,9 +804,12 @@ def _parse_param(r: _Reader, name: str, raw: Any) -> ParamSpec:
     if len(ranges) > 1 and any(lo == hi for lo, hi in ranges):
         raise r.fail(f"{where}.train.ranges", "a point [v, v] must be the only range (it has no length to "
                      "sample in proportion to)")
+    target = None
+    if "mujoco" in d:
+        target = parse_target(d["mujoco"], f"{where}.mujoco", r.fail, signed, bounds)
     spec = ParamSpec(name=name, bounds=bounds, signed=signed, context=context, dist=dist,
                      train_ranges=ranges, unit=str(d.get("unit", "")),
-                     description=str(d.get("description", "")))
+                     description=str(d.get("description", "")), mujoco=target)
     for i, (lo, hi) in enumerate(ranges):
         ends = torch.tensor([lo, hi], dtype=torch.float64)
         if not bool(spec.in_bounds(ends).all()):
@@ -903,6 +923,26 @@ def family_from_dict(raw: Any, source: str = "<dict>") -> Family:
                   description=str(d.get("description", "")), env_kwargs=dict(env_kwargs),
                   max_episode_steps=mes, batched=batched, success_return=success,
                   fixed=fixed, derived=derived, distractors=distractors, source=source)
+
+
+def _is_mujoco_id(env_id: str) -> bool:
+    """Whether a registered id's entry point is a MuJoCo env (by its module path)."""
+    import gymnasium as gym
+
+    spec = gym.registry.get(env_id)
+    entry = getattr(spec, "entry_point", None)
+    return isinstance(entry, str) and "mujoco" in entry
+
+
+def gym_make(env_id: str, **kwargs: Any) -> Any:
+    """``gymnasium.make(env_id, **kwargs)``; for a MuJoCo env without MuJoCo's deprecation
+    warning about Gymnasium's own model files (:func:`hyperrl.mujoco_params.quiet_compile`)."""
+    import gymnasium as gym
+
+    if _is_mujoco_id(env_id):
+        with quiet_compile():
+            return gym.make(env_id, **kwargs)
+    return gym.make(env_id, **kwargs)
 
 
 def family_path(name_or_path: str | os.PathLike) -> Path:

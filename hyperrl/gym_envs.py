@@ -11,7 +11,10 @@ Importing this module registers them with Gymnasium (idempotent):
 * ``hyperrl/PendulumActuator-v1``: :class:`PendulumActuatorEnv` (``Pendulum-v1``'s
   200-step time limit);
 * ``hyperrl/AcrobotActuator-v1``: :class:`AcrobotActuatorEnv` (``Acrobot-v1``'s 500-step
-  time limit and reward threshold -100).
+  time limit and reward threshold -100);
+* ``hyperrl/HalfCheetahVel-v5``: :class:`hyperrl.mujoco_envs.HalfCheetahVelEnv`, meta-RL's
+  cheetah-vel task (``HalfCheetah-v5``'s 1000-step time limit; its module, which needs
+  ``mujoco``, is imported only when the env is made).
 
 :mod:`hyperrl.families` imports it, so every process holding a family (a trainer, a
 ``gymnasium.vector`` or SB3 worker unpickling one) can ``gym.make`` these ids.
@@ -90,6 +93,7 @@ class AcrobotActuatorEnv(AcrobotEnv):
 ENV_IDS: dict[str, tuple[str, str]] = {
     "hyperrl/PendulumActuator-v1": ("hyperrl.gym_envs:PendulumActuatorEnv", "Pendulum-v1"),
     "hyperrl/AcrobotActuator-v1": ("hyperrl.gym_envs:AcrobotActuatorEnv", "Acrobot-v1"),
+    "hyperrl/HalfCheetahVel-v5": ("hyperrl.mujoco_envs:HalfCheetahVelEnv", "HalfCheetah-v5"),
 }
 
 
@@ -107,8 +111,10 @@ def register_envs() -> None:
         if env_id in gym.registry:
             continue
         spec = gym.spec(base)
+        # a reward threshold belongs to the base task's reward; an env with its own reward has none
+        threshold = spec.reward_threshold if "mujoco" not in entry_point else None
         gym.register(id=env_id, entry_point=entry_point, max_episode_steps=spec.max_episode_steps,
-                     reward_threshold=spec.reward_threshold, nondeterministic=spec.nondeterministic)
+                     reward_threshold=threshold, nondeterministic=spec.nondeterministic)
 
 
 register_envs()

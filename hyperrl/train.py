@@ -36,7 +36,7 @@ from hyperrl.hypernet import functional_mlp
 from hyperrl.ppo import LossOut, NonFiniteUpdate, explained_variance, gae, ppo_loss, ppo_update
 from hyperrl.resources import builtin_dir
 from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
-from hyperrl.sim import BatchedSim, VecEnv, make_vec_env
+from hyperrl.sim import VecEnv, make_vec_env
 from hyperrl.train_config import EvalConfig, PPOConfig, TrainConfig
 
 __all__ = ["train", "main", "resolve_config", "builtin_configs_dir", "TrainingDiverged", "Rollout",
@@ -384,7 +384,7 @@ def checkpoint_payload(cfg: TrainConfig, family: Family, agent: HyperAgent, opti
     """Everything a resumed run needs to continue exactly (``load_checkpoint`` reads it)."""
     extra: dict[str, Any] = {**asdict(progress), "elapsed": elapsed,
                              "ep_ret": episodes.ret.cpu(), "ep_len": episodes.length.cpu()}
-    if isinstance(env, BatchedSim):  # gymnasium envs cannot be snapshotted
+    if hasattr(env, "state_dict"):  # gymnasium envs cannot be snapshotted
         extra["env"] = env.state_dict()
     return {
         "hypernet": agent.state_dict(),
@@ -435,7 +435,8 @@ def train(
     # streams, so changing one (e.g. eval settings) never shifts the other.
     sample = sample or family.sample
     generators = {"params": make_generator(cfg.seed, device), "actions": make_generator(cfg.seed + 1, device)}
-    env = make_vec_env(family, n, device=device, dtype=dtype, seed=cfg.seed, backend=cfg.env.backend)
+    env = make_vec_env(family, n, device=device, dtype=dtype, seed=cfg.seed, backend=cfg.env.backend,
+                       threads=cfg.env.sim_threads)
     agent = HyperAgent(env.obs_dim, env.single_action_space, family.context_dim, cfg.model).to(device, dtype)
     # fused Adam: one kernel for all parameters (~2x cheaper step on CPU and CUDA)
     optimizer = torch.optim.Adam(agent.parameters(), lr=cfg.ppo.lr, eps=cfg.ppo.adam_eps, fused=True)
@@ -463,7 +464,7 @@ def train(
         step, progress = resume["step"], Progress.from_extra(resume["extra"])
         if "ep_ret" in resume["extra"]:
             episodes = EpisodeTracker(resume["extra"]["ep_ret"].to(device), resume["extra"]["ep_len"].to(device))
-        if isinstance(env, BatchedSim) and "env" in resume["extra"]:  # continue the very same episodes
+        if hasattr(env, "load_state_dict") and "env" in resume["extra"]:  # continue the very same episodes
             obs = env.load_state_dict(resume["extra"]["env"])
         else:  # generic backend: gymnasium envs cannot be snapshotted; start fresh episodes
             obs = env.reset(params=sample(n, generators["params"], device, dtype), seed=cfg.seed + progress.update)
@@ -517,6 +518,8 @@ def train(
                     raise TrainingDiverged(f"non-finite loss, gradient or weights at step {step} (update "
                                            f"{progress.update}, epoch {e.epoch}); stopped; the last good "
                                            f"checkpoint is {ckpt.latest_path}") from None
+            if agent.obs_norm is not None:  # the next rollout and update read the new statistics
+                agent.obs_norm.update(rollout.obs)
 
             # -- logging: one host sync per update --
             sps = (step - steps_at_loop) / max(time.perf_counter() - t_loop - eval_seconds, 1e-9)

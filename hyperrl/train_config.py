@@ -32,6 +32,9 @@ class EnvConfig(Checked):
     backend: str = opt("auto", "auto: the family's batched simulator when it has one; "
                        "gymnasium: gymnasium.vector with per-env parameters",
                        choices=("auto", "batched", "gymnasium"))
+    sim_threads: int = opt(0, "threads of the batched MuJoCo backend (batched: mujoco), the caller's "
+                           "included: MuJoCo steps the envs in parallel while the networks wait. "
+                           "0: one per CPU core", min=0, max=1024)
     variant_slots: int = opt(
         2,
         "variants an env column may visit in one rollout: when an episode ends the env draws "
@@ -77,6 +80,11 @@ class ModelConfig(Checked):
     log_std: str = opt("learned", "continuous actions: learned state-independent log-std, or "
                        "generated per variant", choices=("learned", "generated"))
     log_std_init: float = opt(0.0, "initial log-std of the Gaussian policy")
+    obs_norm: bool = opt(False, "normalise observations by the running mean and standard deviation of the "
+                         "training observations (usual for MuJoCo, whose velocities dwarf its angles): "
+                         "updated after every PPO update from its rollout, frozen within a rollout and "
+                         "its update, and folded into the first layer of every generated policy (and the "
+                         "critic), so policies, evaluation and exports take raw observations")
 
     def __post_init__(self) -> None:
         super().__post_init__()

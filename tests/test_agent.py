@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hyperrl.agent import HyperAgent, SlotRows, act, apply_rows, gather_slots
+from hyperrl.agent import HyperAgent, ObsNorm, SlotRows, act, apply_rows, gather_slots
 from hyperrl.hypernet import HyperNetwork, make_target_mlp
 from hyperrl.ppo import ppo_loss
 from hyperrl.train_config import ModelConfig
@@ -414,3 +414,45 @@ def test_critic_values_equal_two_full_passes(critic, slot_rows):
     used = ~term
     assert torch.allclose(next_values[used], nv_ref[used], atol=1e-10)
     assert trunc.any() and term.any() and (slot[-1] > 0).any()
+
+
+@pytest.mark.parametrize("arch", ["hyper", "concat", "blind", "cgate", "adapter"])
+@pytest.mark.parametrize("critic", ["mlp", "hyper"])
+def test_obs_norm_folds_into_the_first_layer(arch, critic):
+    """model.obs_norm: the running statistics equal NumPy's over every batch seen, and the
+    generated policy (and critic) on raw observations equals the unfolded network on
+    normalised observations."""
+    if critic == "hyper" and arch != "hyper":
+        pytest.skip("the hyper critic is independent of the arch")
+    torch.manual_seed(0)
+    space = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
+    cfg = ModelConfig(arch=arch, obs_norm=True, critic=critic, hidden_sizes=(16, 16), embed_sizes=(8,),
+                      critic_hidden_sizes=(16,))
+    agent = HyperAgent(5, space, 2, cfg).double()
+    scale = torch.tensor([1.0, 10.0, 0.1, 3.0, 50.0], dtype=torch.float64)
+    batches = [torch.randn(4, 7, 5, dtype=torch.float64) * scale + 2.0 for _ in range(3)]
+    for b in batches:
+        agent.obs_norm.update(b)
+    every = torch.cat([b.reshape(-1, 5) for b in batches]).numpy()
+    n0 = 1e-4  # the prior's count (mean 0, variance 1)
+    mean = every.sum(0) / (len(every) + n0)
+    np.testing.assert_allclose(agent.obs_norm.mean.numpy(), mean, rtol=1e-9)
+    second = (n0 * 1.0 + (every ** 2).sum(0)) / (len(every) + n0)  # the prior: variance 1 at mean 0
+    np.testing.assert_allclose(agent.obs_norm.var.numpy(), second - mean ** 2, rtol=1e-9)
+    ctx = torch.randn(6, 2, dtype=torch.float64)
+    obs = torch.randn(6, 5, dtype=torch.float64) * scale
+    normed = (obs - agent.obs_norm.mean) / torch.sqrt(agent.obs_norm.var + ObsNorm.EPS)
+    raw_weights = agent.actor(ctx)
+    from hyperrl.hypernet import functional_mlp
+
+    want = functional_mlp(raw_weights, normed, cfg.activation)
+    got = functional_mlp(agent.policy_weights(ctx), obs, cfg.activation)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    v_raw = agent.value(obs.unsqueeze(1), ctx.unsqueeze(1), SlotRows.one_each(6, obs.device),
+                        agent.critic_weights(ctx))
+    if critic == "mlp":
+        v_want = agent.critic[1:](torch.cat([normed, ctx], -1)).squeeze(-1)
+    else:
+        v_want = functional_mlp(agent.critic_hyper(ctx), normed, cfg.activation).squeeze(-1)
+    torch.testing.assert_close(v_raw.squeeze(1), v_want, rtol=1e-10, atol=1e-10)
+    assert "obs_norm.mean" in agent.state_dict()  # saved with every checkpoint

@@ -5,7 +5,9 @@ action sequence, moving that one parameter from the lowest to the highest value 
 train range (the others held at the family's first interpolation point) must change the
 trajectory, in the real Gymnasium env (``family.make_env``) and, where the family has a
 batched simulator, in the batched sim. A parameter that silently does nothing (a typo'd
-attribute name, a cached derived quantity) fails here.
+attribute name, a cached derived quantity) fails here. A task parameter that changes only
+the reward (cheetah-vel's target velocity) changes the rewards instead: the trajectory
+compared is the observations and the rewards.
 
 Every built-in family has a batched simulator; a user family without one is checked in
 Gymnasium only (the generic gymnasium.vector backend is tested elsewhere).
@@ -20,6 +22,7 @@ import torch
 
 from hyperrl.families import list_families, load_family
 from hyperrl.sim import make_vec_env
+from hyperrl.sim.base import BatchedSim
 
 STEPS = 40
 MIN_CHANGE = 1e-4  # max |obs difference| over the run that counts as "changed"
@@ -50,13 +53,14 @@ def _actions(space: gym.Space, seed: int = 0) -> list:
 
 
 def _gym_rollout(family, values: torch.Tensor, actions: list) -> np.ndarray:
-    """Observations from reset(seed=0) under ``actions``, up to the first episode end."""
+    """[steps + 1, obs_dim + 1]: observations from reset(seed=0) under ``actions``, up to
+    the first episode end, each with the reward that led to it (0 at the start)."""
     env = family.make_env(values)
     obs, _ = env.reset(seed=0)
-    traj = [obs]
+    traj = [np.append(obs, 0.0)]
     for a in actions:
-        obs, _, term, trunc, _ = env.step(a)
-        traj.append(obs)
+        obs, reward, term, trunc, _ = env.step(a)
+        traj.append(np.append(obs, reward))
         if term or trunc:
             break
     env.close()
@@ -82,7 +86,8 @@ def test_parameter_changes_gymnasium_trajectory(family_name, param):
     family = load_family(family_name)
     lo, hi = _low_high(family, param)
     env = family.make_env(lo)
-    assert getattr(env.unwrapped, param) == pytest.approx(float(lo[family.param_names.index(param)]))
+    if family.spec(param).mujoco is None:  # a model quantity: tests/test_mujoco.py checks the model
+        assert getattr(env.unwrapped, param) == pytest.approx(float(lo[family.param_names.index(param)]))
     actions = _actions(env.action_space)
     env.close()
     a, b = _gym_rollout(family, lo, actions), _gym_rollout(family, hi, actions)
@@ -102,21 +107,30 @@ def _pair_sim(family, first: torch.Tensor, second: torch.Tensor):
     return sim
 
 
+def _same_start(sim) -> torch.Tensor:
+    """Give env 1 env 0's state; returns their observation [2, obs_dim]."""
+    if isinstance(sim, BatchedSim):
+        sim.state[1] = sim.state[0]
+        return sim.observe(sim.state).clone()
+    sim.batch.state[1] = sim.batch.state[0]  # MuJoCo: the whole integration state
+    return sim.observation()
+
+
 @pytest.mark.parametrize(("family_name", "param"), BATCHED, ids=[f"{f}:{p}" for f, p in BATCHED])
 def test_parameter_changes_batched_trajectory(family_name, param):
     family = load_family(family_name)
     lo, hi = _low_high(family, param)
     sim = _pair_sim(family, lo, hi)
-    sim.state[1] = sim.state[0]  # one initial state for both
+    start = _same_start(sim)  # one initial state for both
     actions = _actions(sim.single_action_space)
-    obs = [sim.observe(sim.state).clone()]
+    obs = [torch.cat([start, torch.zeros(2, 1, dtype=start.dtype)], 1)]
     for a in actions:
         if isinstance(sim.single_action_space, gym.spaces.Discrete):
             act = torch.tensor([a, a])
         else:
             act = torch.as_tensor(np.stack([a, a]), dtype=F64)
         out = sim.step(act)
-        obs.append(out.final_obs.clone())
+        obs.append(torch.cat([out.final_obs, out.reward.unsqueeze(1)], 1))
         if bool((out.terminated | out.truncated).any()):
             if not bool(out.terminated[0] == out.terminated[1]):
                 return  # one fell and the other did not: changed
@@ -132,7 +146,7 @@ def test_parameter_changes_batched_trajectory(family_name, param):
 # sin, the rest is even or odd accordingly), so from the mirrored state the same action
 # under the opposite sign leads to the mirrored next state, with the same reward.
 # ------------------------------------------------------------------------------------------
-SIGNED = [(f, p) for f, p in CASES if load_family(f).spec(p).signed]
+SIGNED = [(f, p) for f, p in CASES if load_family(f).spec(p).signed and load_family(f).spec(p).mujoco is None]
 MIRROR_TOL = 1e-9  # one step: sin/cos of -x vs x and angle_normalize round differently in the last bits
 
 

@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from hyperrl.families import list_families, load_family
-from hyperrl.sim import make_vec_env
+from hyperrl.sim import BATCHED_SIMS, make_vec_env
 from hyperrl.errors import FamilyError
 from hyperrl.sim.acrobot import BatchedAcrobot
 from hyperrl.sim.base import BatchedSim
@@ -43,7 +43,8 @@ from hyperrl.sim.pendulum import BatchedPendulum
 F64 = torch.float64
 TOL = 1e-10  # one float64 step from a shared state: rounding differences are ~1e-16
 OBS32 = dict(rtol=1e-6, atol=1e-7)  # Gymnasium's float32 observation of a float64 state
-BATCHED_FAMILIES = [f for f in list_families() if load_family(f).batched is not None]
+# the torch simulators (the batched MuJoCo backend: tests/test_mujoco.py)
+BATCHED_FAMILIES = [f for f in list_families() if load_family(f).batched in BATCHED_SIMS]
 
 
 def gym_states(envs) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hyperrl.errors import FamilyError
-from hyperrl.families import Family
+from hyperrl.families import Family, gym_make
 from hyperrl.ppo import clip_action
 from hyperrl.sim.base import StepOut, VecEnv
 
@@ -119,7 +119,7 @@ class GymnasiumVecEnv(VecEnv):
         kwargs = dict(family.env_kwargs)
         if family.max_episode_steps is not None:
             kwargs.setdefault("max_episode_steps", family.max_episode_steps)
-        probe = gym.make(family.env_id, **kwargs)  # as family.make_env, before any apply
+        probe = gym_make(family.env_id, **kwargs)  # as family.make_env, before any apply
         try:
             defaults = _default_values(family, probe)
             family.apply(probe, defaults)
