@@ -48,8 +48,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -117,21 +115,7 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
 
 def oracle_family(family: Family, values: list[float], path: Path) -> Path:
     """A one-variant family YAML: every parameter's train range is the point ``values``."""
-    raw = read_yaml_file(family.source)
-    for (name, spec), v in zip(raw["params"].items(), values):
-        spec["train"] = {"dist": "uniform", "ranges": [[v, v]]}
-    first = family.params[0]
-    # held-out sets are required; the extrapolation point only has to lie outside the train point
-    other = [-values[0] if first.signed else (first.bounds[1] if values[0] != first.bounds[1] else first.bounds[0]),
-             *values[1:]]
-    names = list(raw["params"])
-    raw["heldout"] = {"interpolation": {"values": [dict(zip(names, values))]},
-                      "extrapolation": {"values": [dict(zip(names, other))]}}
-    # the family's own name: an oracle is a run of the family, on one of its variants
-    raw.pop("distractors", None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return family.save_one_variant(values, path)
 
 
 def split_returns(run_dir: Path, split: str) -> list[float]:
