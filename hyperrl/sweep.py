@@ -458,10 +458,12 @@ def run_trial(spec: TrialSpec, report: Report | None = None) -> dict[str, Any]:
             print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}: an attempt of trial {spec.name} (pid {os.getpid()})")
             try:
                 _train_and_evaluate(spec, lambda row: report(_row(row)))
+            except SystemExit:  # how Tune ends the thread of a trial its scheduler stops
+                _record(spec, status="stopped by the scheduler")
+                raise
             except BaseException as e:
-                if not isinstance(e, SystemExit):  # Tune ends a stopped trial's thread with SystemExit
-                    traceback.print_exc()
-                    _record(spec, status="failed", error=one_line(f"{type(e).__name__}: {e}", 500))
+                traceback.print_exc()
+                _record(spec, status="failed", error=one_line(f"{type(e).__name__}: {e}", 500))
                 raise
         _record(spec, status="done", ended=time.strftime("%Y-%m-%d %H:%M:%S"))
         final = _final(spec)
@@ -493,6 +495,7 @@ def _train_and_evaluate(spec: TrialSpec, report: Report) -> None:
 
             metrics = None
             if from_step:
+                _check_same_settings(spec)
                 metrics, _ = resume_run(spec.path, on_eval=report)
             if metrics is None and not (spec.path / "metrics.json").is_file():
                 # no checkpoint yet, or one at the last step whose metrics.json was never
@@ -508,6 +511,28 @@ def _train_and_evaluate(spec: TrialSpec, report: Report) -> None:
         ev = spec.evaluate
         evaluate_run(spec.path, split=ev["split"], episodes=ev["episodes"], backend=ev["backend"], seed=ev["seed"],
                      device=spec.device, checkpoint=ev["checkpoint"], name=ev["name"], force=True)
+
+
+def _check_same_settings(spec: TrialSpec) -> None:
+    """Refuse to continue a run dir trained with other settings than the trial's (a search
+    restarted without Tune's state samples new settings under the same trial names)."""
+    from hyperrl.families import load_family
+    from hyperrl.train import resolve_config
+    from hyperrl.train_config import TrainConfig
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    want = flat(to_dict(resolve_config(load_family(spec.family), spec.config, spec.sets, spec.seed, spec.total_steps,
+                                       spec.device)))
+    have = flat(to_dict(load_yaml_config(TrainConfig, spec.path / "config.yaml")))
+    diff = [f"{k}: {have.get(k)!r} there, {want.get(k)!r} here" for k in want if want.get(k) != have.get(k)]
+    if diff:
+        raise HyperrlError(f"{spec.path} holds a run with other settings than trial {spec.name} ({'; '.join(diff[:3])}); "
+                           "move it away to train the trial afresh")
 
 
 def _tune_trial(config: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ here its ``ray.init`` arguments are checked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -25,8 +26,6 @@ import hyperrl
 from hyperrl.checkpoint import load_checkpoint
 from hyperrl.sweep import main as sweep_main
 from hyperrl.sweep import ray_init_kwargs
-
-ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["env.num_envs=16", "ppo.num_steps=16", "ppo.num_minibatches=2", "ppo.update_epochs=1", "eval.episodes=1",
@@ -47,7 +46,7 @@ def cluster():
 
 def write_sweep(folder: Path, name: str, **keys) -> Path:
     data = {"name": name, "storage": str(folder / "sweeps"), "families": ["cartpole-mass"], "archs": ["hyper"],
-            "seeds": [1], "total_steps": 512, "set": TINY, "cpus": 1, **keys}
+            "seeds": [1], "total_steps": 512, "set": TINY, "cpus": 1, "bootstrap_reps": 200, **keys}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -97,35 +96,23 @@ def test_grid_of_two_families_and_two_seeds_on_a_two_node_cluster(cluster, tmp_p
     assert "already exists" in line and "--resume" in line
 
 
-def test_a_failing_trial_is_retried_reported_and_the_others_finish(cluster, tmp_path, capsys):
-    # ppo.lr=1e30 diverges in the first update (a non-finite loss stops the run)
-    path = write_sweep(tmp_path, "faults", grid=[["ppo.lr=0.001", "ppo.lr=1e30"]], max_failures=1)
-    assert sweep_main([str(path), "--address", cluster.address]) == 1
-    out = capsys.readouterr().out
-    root = tmp_path / "sweeps" / "faults"
-    assert (root / "cartpole-mass" / "hyper-lr=0.001-s1" / "metrics.json").is_file()
-    assert not (root / "cartpole-mass" / "hyper-lr=1e30-s1" / "metrics.json").exists()
-    bad = records(root)["cartpole-mass/hyper-lr=1e30-s1"]
-    assert [a["status"] for a in bad["attempts"]] == ["failed", "failed"]  # retried once
-    assert "TrainingDiverged: non-finite loss" in bad["attempts"][-1]["error"]
-    assert "retry  cartpole-mass/hyper-lr=1e30-s1 after failure 1" in out
-    assert "FAILED cartpole-mass/hyper-lr=1e30-s1" in out and "non-finite loss" in out
-    assert "failed: cartpole-mass/hyper-lr=1e30-s1: TrainingDiverged" in out
-    comparison = json.loads((root / "comparison" / "comparison.json").read_text())
-    assert list(comparison["families"]["cartpole-mass"]) == ["hyper-lr=0.001"]
-
-
 def _files(run: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*") if p.is_file()}
+    """Every file of a run dir (the lock file aside: every holder writes it) with its mtime and size."""
+    return {str(p.relative_to(run)): (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*")
+            if p.is_file() and p.name != ".lock"}
 
 
-def test_a_killed_driver_resumes_without_running_finished_trials_again(cluster, tmp_path, capsys):
-    # a short trial and a long one side by side: the driver is killed once the short one has
-    # finished and the long one has a checkpoint
-    path = write_sweep(tmp_path, "killed", grid=[["total_steps=512", "total_steps=4096"]], total_steps=None,
-                       set=[*TINY, "eval.interval_steps=1024"])
-    root = tmp_path / "sweeps" / "killed"
-    short, long = root / "cartpole-mass" / "hyper-total_steps=512-s1", root / "cartpole-mass" / "hyper-total_steps=4096-s1"
+def test_a_failing_trial_and_a_killed_driver(cluster, tmp_path, capsys):
+    """Three trials side by side: a short one, a long one, and one whose ppo.lr=1e30 diverges
+    in its first update (a non-finite loss stops the run). The driver is killed once the
+    short one has finished and the long one has a checkpoint; --resume runs no finished
+    trial again, continues the long one from its checkpoint, retries the failing one
+    (max_failures=1: two attempts) and reports it while the others finish."""
+    path = write_sweep(tmp_path, "faults", grid=[["total_steps=512", "total_steps=4096", "ppo.lr=1e30"]],
+                       total_steps=None, max_failures=1, set=[*TINY, "eval.interval_steps=1024"])
+    root = tmp_path / "sweeps" / "faults"
+    trials = root / "cartpole-mass"
+    short, long, bad = (trials / f"hyper-{t}-s1" for t in ("total_steps=512", "total_steps=4096", "lr=1e30"))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen([sys.executable, "-m", "hyperrl.sweep", str(path), "--address", cluster.address],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,9 +127,11 @@ def test_a_killed_driver_resumes_without_running_finished_trials_again(cluster, 
     before = _files(short)
     step = load_checkpoint(long / "checkpoints" / "latest.pt")["step"]
     assert not (long / "metrics.json").exists() and 0 < step < 4096
+    attempts_before = len(records(root).get("cartpole-mass/hyper-lr=1e30-s1", {}).get("attempts", []))
 
-    assert sweep_main([str(path), "--address", cluster.address, "--resume"]) == 0
-    assert "1 trial(s) already finished: not run again" in capsys.readouterr().out
+    assert sweep_main([str(path), "--address", cluster.address, "--resume"]) == 1  # a trial failed
+    out = capsys.readouterr().out
+    assert "1 trial(s) already finished: not run again" in out
     recs = records(root)
     assert _files(short) == before  # not run again: every file as it was, one attempt
     assert len(recs[f"cartpole-mass/{short.name}"]["attempts"]) == 1
@@ -150,8 +139,16 @@ def test_a_killed_driver_resumes_without_running_finished_trials_again(cluster, 
     assert len(attempts) == 2 and attempts[-1]["from_step"] >= step and attempts[-1]["status"] == "done"
     metrics = json.loads((long / "metrics.json").read_text())
     assert metrics["env_steps"] == 4096 and [h["step"] for h in metrics["history"]] == [1024, 2048, 3072, 4096]
+    # the failing trial: retried once in this session, then reported with its error
+    failed = recs[f"cartpole-mass/{bad.name}"]["attempts"][attempts_before:]
+    assert [a["status"] for a in failed] == ["failed", "failed"]
+    assert "TrainingDiverged: non-finite loss" in failed[-1]["error"] and not (bad / "metrics.json").exists()
+    assert f"retry  cartpole-mass/{bad.name} after failure 1" in out
+    assert f"FAILED cartpole-mass/{bad.name}" in out and f"failed: cartpole-mass/{bad.name}: TrainingDiverged" in out
     comparison = json.loads((root / "comparison" / "comparison.json").read_text())
     assert set(comparison["families"]["cartpole-mass"]) == {"hyper-total_steps=512", "hyper-total_steps=4096"}
+    status = {t["trial"]: t["status"] for t in json.loads((root / "sweep.json").read_text())["trials"]}
+    assert status == {short.name: "finished", long.name: "finished", bad.name: "failed"}
 
 
 def test_search_with_optuna_and_asha(cluster, tmp_path, capsys):
@@ -181,6 +178,34 @@ def test_search_with_optuna_and_asha(cluster, tmp_path, capsys):
     finished = [t for t in cell["trials"] if t["finished"]]
     assert finished and cell["best"]["trial"] == max(finished, key=lambda t: t["interpolation"])["trial"]
     assert "best: --set ppo.lr=" in out
+
+
+def test_a_trial_in_this_process(tmp_path):
+    """run_trial without Ray: an interrupted run dir of other settings is refused, one of the
+    trial's own continues (here: killed after its last checkpoint, before metrics.json, so
+    it trains again), and a finished trial only reports its final metrics."""
+    from hyperrl.errors import HyperrlError
+    from hyperrl.sweep import TrialSpec, run_trial
+    from hyperrl.train import start_run
+
+    run = tmp_path / "sweep" / "cartpole-mass" / "hyper-s1"
+    start_run("cartpole-mass", None, [*TINY, "ppo.lr=0.001", "progress=false"], 1, 512, "cpu", run)
+    (run / "metrics.json").unlink()
+    spec = TrialSpec(name="hyper-s1", family="cartpole-mass", family_name="cartpole-mass", kind="hyperrl",
+                     method="hyper", label="hyper", seed=1, run_dir=str(run), log=str(tmp_path / "logs" / "t.log"),
+                     sweep="sweep", sets=(*TINY, "ppo.lr=0.002", "progress=false"), total_steps=512)
+    with pytest.raises(HyperrlError, match="other settings than trial hyper-s1 .*ppo.lr: 0.001 there, 0.002 here"):
+        run_trial(spec)
+    assert not (run / "metrics.json").exists()
+    (run / "run.json").write_text(json.dumps({**json.loads((run / "run.json").read_text()),
+                                               "sweep": {"name": "sweep"}}))  # as a sweep's trial writes it
+    reports = []
+    final = run_trial(dataclasses.replace(spec, sets=(*TINY, "ppo.lr=0.001", "progress=false")), reports.append)
+    assert [r["env_steps"] for r in reports] == [256, 512, 512] and final["finished"]
+    before = _files(run)
+    reports.clear()
+    assert run_trial(spec, reports.append)["env_steps"] == 512  # finished: not run again, whatever it says
+    assert len(reports) == 1 and _files(run) == before
 
 
 def test_ray_init_arguments():
