@@ -51,7 +51,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,6 +62,7 @@ from hyperrl.compare import iqm  # noqa: E402
 from hyperrl.families import SPLITS, Family, load_family  # noqa: E402
 from hyperrl.fileio import write_json  # noqa: E402
 from hyperrl.runs import read_json, read_metrics  # noqa: E402
+from hyperrl.train import config_differences  # noqa: E402
 from hyperrl.yamlio import read_yaml_file  # noqa: E402
 
 ARCH_ORDER = ("hyper", "adapter", "cgate", "concat", "blind")
@@ -95,7 +95,8 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
     (oracles skip it: their schedule may differ per variant, see ``--more-oracles``)."""
     py = sys.executable
     results = run_dir / "eval" / EVAL_NAME / "results.json"
-    stale = [] if sb3 or not check else mismatched_settings(run_dir, [f"seed={seed}", f"total_steps={steps}", *sets])
+    stale = [] if sb3 or not check else config_differences(
+        run_dir, load_family(family_arg), str(config) if config else None, ["progress=false", *sets], seed, steps, "cpu")
     if stale:  # a run made with other settings (e.g. before a tuning changed them): set aside, never deleted
         print(f"  {run_dir}: {', '.join(stale)}; retraining")
         run_dir.rename(run_dir.with_name(run_dir.name + f".stale-{int(time.time())}"))
@@ -124,42 +125,9 @@ def train_and_evaluate(family_arg: str, run_dir: Path, seed: int, steps: int, se
     return run_dir
 
 
-def mismatched_settings(run_dir: Path, sets: list[str]) -> list[str]:
-    """The ``key=value`` settings a finished run's saved config disagrees with, as
-    ``key: saved != wanted`` (empty when the run has no saved config yet)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return []
-    config = read_yaml_file(path)
-    out = []
-    for s in sets:
-        key, value = s.split("=", 1)
-        node: object = config
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        wanted = yaml.safe_load(value)
-        if node != wanted and not (isinstance(node, list) and list(wanted or []) == node):
-            out.append(f"{key}: {node!r} != {wanted!r}")
-    return out
-
-
 def oracle_family(family: Family, values: list[float], path: Path) -> Path:
     """A one-variant family YAML: every parameter's train range is the point ``values``."""
-    raw = read_yaml_file(family.source)
-    for (name, spec), v in zip(raw["params"].items(), values):
-        spec["train"] = {"dist": "uniform", "ranges": [[v, v]]}
-    first = family.params[0]
-    # held-out sets are required; the extrapolation point only has to lie outside the train point
-    other = [-values[0] if first.signed else (first.bounds[1] if values[0] != first.bounds[1] else first.bounds[0]),
-             *values[1:]]
-    names = list(raw["params"])
-    raw["heldout"] = {"interpolation": {"values": [dict(zip(names, values))]},
-                      "extrapolation": {"values": [dict(zip(names, other))]}}
-    # the family's own name: an oracle is a run of the family, on one of its variants
-    raw.pop("distractors", None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return family.save_one_variant(values, path)
 
 
 def split_returns(run_dir: Path, split: str) -> list[float]:

@@ -76,6 +76,7 @@ __all__ = [
     "select_variants",
     "make_ppo",
     "model_actor",
+    "run_baseline",
     "main",
 ]
 
@@ -534,8 +535,10 @@ def _heldout_rows(family: Family, stats_by_split: dict[str, Any], labels: dict[s
 
 def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_steps: int, device: str,
                  overrides: dict[str, Any], eval_episodes: int, eval_interval: int,
-                 vec_env: str = "auto") -> dict[str, Any]:
-    """dr / concat: one PPO policy across the family; periodic and final held-out evaluation."""
+                 vec_env: str = "auto", report: Callable[[dict[str, Any]], None] | None = None
+                 ) -> dict[str, Any]:
+    """dr / concat: one PPO policy across the family; periodic and final held-out evaluation
+    (each row also passed to ``report``, e.g. a sweep's Ray Tune report)."""
     from torch.utils.tensorboard import SummaryWriter
 
 
@@ -549,6 +552,8 @@ def train_shared(family: Family, method: str, run_dir: Path, seed: int, total_st
             writer.add_scalar(f"eval/{split}/return_mean", row[split], row["step"])
         print(f"step {row['step']:>10,}  eval interpolation {row['interpolation']:8.1f}  "
               f"extrapolation {row['extrapolation']:8.1f}", file=sys.stderr)
+        if report is not None:
+            report(dict(row))
 
     try:
         result = train_sb3_until(model, family, method, None, max_steps=total_steps,
@@ -632,6 +637,84 @@ def train_oracle(family: Family, run_dir: Path, seed: int, total_steps: int, dev
     }
 
 
+def run_baseline(family: Family, method: str, total_steps: int = DEFAULT_TOTAL_STEPS, seed: int = 0,
+                 run_dir: str | Path | None = None, device: str = "cpu", overrides: Sequence[str] = (),
+                 eval_episodes: int = 2, eval_interval: int = 131_072, threads: int = 1,
+                 oracle_split: str = "extrapolation", oracle_max_variants: int | None = None,
+                 run_info: dict[str, Any] | None = None, report: Callable[[dict[str, Any]], None] | None = None,
+                 vec_env: str = "auto") -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """Train one baseline into a new run dir (locked for this process while it trains, as
+    every trainer's; :mod:`hyperrl.runlock`): what ``python -m hyperrl.baselines`` runs, and
+    a sweep's baseline trials. ``overrides`` are ``KEY=VALUE`` SB3 PPO settings; ``run_info``
+    extra ``run.json`` entries; ``report`` receives each periodic evaluation (dr, concat);
+    ``vec_env`` the SB3 vector env (``--vec-env``: auto, batched, dummy).
+    Returns ``(run_dir, metrics, oracle variants)``; every error is raised before anything
+    is written."""
+    if method not in METHODS:
+        raise HyperrlError(f"unknown baseline method '{method}'; expected one of: {', '.join(METHODS)}")
+    if method != "oracle" and oracle_max_variants is not None:
+        raise HyperrlError("--oracle-max-variants only applies to --method oracle")
+    device = str(parse_device(device))
+    hp_overrides = parse_overrides(overrides)
+    vec_env = resolve_vec_env(family, vec_env)
+    variants = []
+    if method == "oracle":
+        variants = select_variants(family, oracle_split, oracle_max_variants)
+        for i, v in enumerate(variants):
+            v["model"] = f"models/{i}.zip"
+
+    from hyperrl.seeding import seed_everything
+
+    if hp_overrides:  # SB3 checks some combinations only when the model is built: build one first,
+        try:          # so a rejected --set writes nothing
+            trial = make_ppo(family, method, seed, device,
+                             values=variants[0]["values"] if variants else None, overrides=hp_overrides,
+                             vec_env=vec_env)
+            trial.get_env().close()
+        except (TypeError, ValueError, AssertionError, KeyError) as e:
+            raise HyperrlError(f"--set: stable-baselines3 PPO rejects these hyperparameters: "
+                               f"{type(e).__name__}: {e}") from None
+
+    # A run that fails before any model is saved leaves nothing worth keeping: its files go
+    # again, so the same --run-dir is free once the problem is fixed.
+    models_saved = lambda d: (d / "models").is_dir() and any((d / "models").iterdir())  # noqa: E731
+    with fresh_run_dir(family.name, f"{method}-", seed, run_dir, keep=models_saved) as out:
+        shutil.copyfile(family.source, out / "family.yaml")
+        hp = hyperparams(family, hp_overrides)
+        info: dict[str, Any] = {
+            "method": method, "family": family.name, "seed": seed, "total_steps": total_steps,
+            "algorithm": "stable-baselines3 PPO MlpPolicy",
+            "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
+            "hyperparams_source": ("rl-baselines3-zoo" if base_env_id(family.env_id) in ZOO_HYPERPARAMS
+                                   else "sb3-defaults") + (" + --set" if hp_overrides else ""),
+            "vec_env": vec_env,
+            "device": device, "torch_threads": torch.get_num_threads() if not threads else threads,
+            "eval_episodes": eval_episodes, "version": __version__, **(run_info or {}),
+        }
+        if method == "oracle":
+            info.update({
+                "budget": "per variant: each oracle model trains for total_steps env steps",
+                "oracle_split": oracle_split, "oracle_max_variants": oracle_max_variants,
+                "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
+                              "values": family.as_dict(v["values"])} for v in variants],
+            })
+        write_json(out / "run.json", info)
+
+        if threads:
+            torch.set_num_threads(threads)
+        seed_everything(seed)
+        if method == "oracle":
+            result = train_oracle(family, out, seed, total_steps, device, hp_overrides, eval_episodes, variants,
+                                  vec_env)
+        else:
+            result = train_shared(family, method, out, seed, total_steps, device, hp_overrides, eval_episodes,
+                                  eval_interval, vec_env, report)
+        metrics = {"family": family.name, "method": method, "total_steps": total_steps, **result,
+                   "device": device, "seed": seed}
+        write_json(out / "metrics.json", metrics)
+    return out, metrics, variants
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser(
         "python -m hyperrl.baselines",
@@ -663,66 +746,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     family = load_family(args.env_family)
-    if args.method != "oracle" and args.oracle_max_variants is not None:
-        raise HyperrlError("--oracle-max-variants only applies to --method oracle")
-    device = str(parse_device(args.device))
-    overrides = parse_overrides(args.overrides)
-    vec_env = resolve_vec_env(family, args.vec_env)
-    variants = []
-    if args.method == "oracle":
-        variants = select_variants(family, args.oracle_split, args.oracle_max_variants)
-        for i, v in enumerate(variants):
-            v["model"] = f"models/{i}.zip"
-
-    from hyperrl.seeding import seed_everything
-
-    if overrides:  # SB3 checks some combinations only when the model is built: build one first,
-        try:       # so a rejected --set writes nothing
-            trial = make_ppo(family, args.method, args.seed, device,
-                             values=variants[0]["values"] if variants else None, overrides=overrides,
-                             vec_env=vec_env)
-            trial.get_env().close()
-        except (TypeError, ValueError, AssertionError, KeyError) as e:
-            raise HyperrlError(f"--set: stable-baselines3 PPO rejects these hyperparameters: "
-                               f"{type(e).__name__}: {e}") from None
-
-    # A run that fails before any model is saved leaves nothing worth keeping: its files go
-    # again, so the same --run-dir is free once the problem is fixed.
-    models_saved = lambda d: (d / "models").is_dir() and any((d / "models").iterdir())  # noqa: E731
-    with fresh_run_dir(family.name, f"{args.method}-", args.seed, args.run_dir, keep=models_saved) as run_dir:
-        shutil.copyfile(family.source, run_dir / "family.yaml")
-        hp = hyperparams(family, overrides)
-        run_info: dict[str, Any] = {
-            "method": args.method, "family": family.name, "seed": args.seed, "total_steps": args.total_steps,
-            "algorithm": "stable-baselines3 PPO MlpPolicy",
-            "hyperparams": {k: _hp_text(v) for k, v in hp.items()},
-            "hyperparams_source": ("rl-baselines3-zoo" if base_env_id(family.env_id) in ZOO_HYPERPARAMS else "sb3-defaults")
-                                  + (" + --set" if overrides else ""),
-            "vec_env": vec_env,
-            "device": device, "torch_threads": torch.get_num_threads() if not args.threads else args.threads,
-            "eval_episodes": args.eval_episodes, "version": __version__,
-        }
-        if args.method == "oracle":
-            run_info.update({
-                "budget": "per variant: each oracle model trains for total_steps env steps",
-                "oracle_split": args.oracle_split, "oracle_max_variants": args.oracle_max_variants,
-                "variants": [{"model": v["model"], "split": v["split"], "index": v["index"],
-                              "values": family.as_dict(v["values"])} for v in variants],
-            })
-        write_json(run_dir / "run.json", run_info)
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        seed_everything(args.seed)
-        if args.method == "oracle":
-            result = train_oracle(family, run_dir, args.seed, args.total_steps, device, overrides,
-                                  args.eval_episodes, variants, vec_env)
-        else:
-            result = train_shared(family, args.method, run_dir, args.seed, args.total_steps, device, overrides,
-                                  args.eval_episodes, args.eval_interval_steps, vec_env)
-        metrics = {"family": family.name, "method": args.method, "total_steps": args.total_steps, **result,
-                   "device": device, "seed": args.seed}
-        write_json(run_dir / "metrics.json", metrics)
+    run_dir, metrics, variants = run_baseline(family, args.method, args.total_steps, args.seed, args.run_dir,
+                                              args.device, args.overrides, args.eval_episodes,
+                                              args.eval_interval_steps, args.threads, args.oracle_split,
+                                              args.oracle_max_variants, vec_env=args.vec_env)
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.1f}"

@@ -13,7 +13,9 @@ method label:
   (``hyper`` when absent), with ``-d{K}`` appended when ``env.distractors`` K > 0
   (``hyper-d100``: K irrelevant context dimensions);
 * a stable-baselines3 run of ``hyperrl.baselines``: ``sb3-concat``, ``sb3-dr``, ``sb3-oracle``;
-* a run of ``hyperrl.adapt``: ``adapted``.
+* a run of ``hyperrl.adapt``: ``adapted``;
+* a run whose ``run.json`` has a ``label`` (a sweep's trials with grid settings,
+  ``hyper-lr=0.001``): that label.
 
 Methods are listed hyper, adapter, cgate, concat, blind (each followed by its distractor runs,
 ``hyper-d20``, ``hyper-d100``), then the others alphabetically.
@@ -101,7 +103,8 @@ __all__ = ["iqm", "stratified_resample", "stratified_bootstrap_ci", "probability
            "probability_of_improvement_ci", "performance_profile", "performance_profile_band",
            "profile_taus", "score_matrix", "aggregate", "RunScores", "method_label", "load_run_scores",
            "RandomPolicy", "random_returns", "normalise", "compare", "protocol", "markdown_tables",
-           "comparison_figure", "iqm_figure", "improvement_figure", "profiles_figure", "main"]
+           "comparison_figure", "iqm_figure", "improvement_figure", "profiles_figure", "write_comparison",
+           "main"]
 
 METHOD_ORDER = ("hyper", "adapter", "cgate", "concat", "blind")
 SB3_METHODS = ("dr", "concat", "oracle")  # hyperrl.baselines methods, labelled sb3-<method>
@@ -109,6 +112,7 @@ DEFAULT_EVAL_NAME = "heldout-all"
 DEFAULT_REFERENCE = "hyper"
 PROFILE_POINTS = 101
 ARCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=,-]{0,99}$")
 _CHUNK_ELEMENTS = 1 << 24  # bounds the boolean arrays of a chunk of bootstrap replicates
 
 
@@ -358,10 +362,17 @@ def _number(x: Any) -> float | None:
     return float(x)
 
 
-def method_label(run_dir: str | Path, method: str) -> str:
-    """The label a run is compared under: a ``hyperrl.train`` run's ``model.arch`` in its
-    ``config.yaml`` (``hyper`` when absent) with ``-d{K}`` for ``env.distractors`` K > 0;
-    ``sb3-<method>`` for a stable-baselines3 run; any other method as it is."""
+def method_label(run_dir: str | Path, method: str, label: Any = None) -> str:
+    """The label a run is compared under: ``label`` (``run.json``'s ``label``: a sweep's
+    trial label, e.g. ``hyper-lr=0.001``) when given; else a ``hyperrl.train`` run's
+    ``model.arch`` in its ``config.yaml`` (``hyper`` when absent) with ``-d{K}`` for
+    ``env.distractors`` K > 0; ``sb3-<method>`` for a stable-baselines3 run; any other method
+    as it is."""
+    if label is not None:
+        if not isinstance(label, str) or not LABEL_RE.match(label):
+            raise HyperrlError(f"{Path(run_dir) / 'run.json'}: 'label' must be letters, digits and . _ + = , - "
+                               f"(not starting with . or -), got {label!r}")
+        return label
     if method in SB3_METHODS:
         return f"sb3-{method}"
     if method != "hyperrl":
@@ -446,7 +457,8 @@ def load_run_scores(run_dir: str | Path, eval_name: str = DEFAULT_EVAL_NAME) -> 
     family = info.get("family") or metrics.get("family")
     if not isinstance(family, str) or not family:
         raise HyperrlError(f"{path / 'run.json'} is corrupt: no 'family'")
-    rs = RunScores(run_dir=path, method=info["method"], label=method_label(path, info["method"]), family=family,
+    rs = RunScores(run_dir=path, method=info["method"], label=method_label(path, info["method"], info.get("label")),
+                   family=family,
                    seed=info.get("seed", metrics.get("seed")),
                    env_steps=_number(metrics.get("env_steps")), wall_clock_s=_number(metrics.get("wall_clock_s")))
     if rs.method == "oracle":
@@ -1045,14 +1057,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.name is not None and (not args.name or "/" in args.name or args.name in (".", "..")):
         raise HyperrlError(f"--name must be a plain folder name, got {args.name!r}")
 
-    runs = _load_all(args.run_dirs, args.eval_name, "run dir")
-    oracles = _load_all(args.oracle or [], args.eval_name, "--oracle", prefix="--oracle: ")
+    text, out, figures = write_comparison(args.run_dirs, args.oracle or [], out=args.out, name=args.name,
+                                          reference=args.reference, random_episodes=args.random_episodes,
+                                          random_seed=args.random_seed, eval_name=args.eval_name,
+                                          reps=args.bootstrap_reps, seed=args.bootstrap_seed, force=args.force)
+    print(text)
+    print(f"wrote {out}/: comparison.md, comparison.json, " + ", ".join(figures))
+    return 0
+
+
+def write_comparison(run_dirs: Sequence[str | Path], oracle_dirs: Sequence[str | Path] = (),
+                     out: str | Path | None = None, name: str | None = None, reference: str | None = None, random_episodes: int = 20,
+                     random_seed: int = 0, eval_name: str = DEFAULT_EVAL_NAME, reps: int = 2000, seed: int = 0,
+                     force: bool = False) -> tuple[str, Path, list[str]]:
+    """The comparison of ``run_dirs`` (normalised by ``oracle_dirs`` when given) written to
+    ``out`` (default ``runs/<family>/comparisons/<name or timestamp>``): what ``python -m
+    hyperrl.compare`` does, and a sweep's last step. Returns (Markdown tables, the output
+    folder, the figure names). Every error is raised before anything is written."""
+    runs = _load_all([str(d) for d in run_dirs], eval_name, "run dir")
+    oracles = _load_all([str(d) for d in oracle_dirs], eval_name, "--oracle", prefix="--oracle: ")
     labels = sorted({r.label for r in runs}, key=_method_key)
-    if args.reference is not None and args.reference not in labels:
-        raise HyperrlError(f"unknown --reference '{args.reference}'; the methods compared are: {', '.join(labels)}")
-    reference = args.reference or DEFAULT_REFERENCE
+    if reference is not None and reference not in labels:
+        raise HyperrlError(f"unknown --reference '{reference}'; the methods compared are: {', '.join(labels)}")
+    reference = reference or DEFAULT_REFERENCE
     families = sorted({r.family for r in runs})
-    out = Path(args.out) if args.out else _default_out(families, args.name)
+    out = Path(out) if out else _default_out(families, name)
     if out.exists() and not out.is_dir():
         raise HyperrlError(f"--out {out} exists and is not a folder")
     if (out / "run.json").exists():
@@ -1060,11 +1089,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # --force replaces a comparison, never a folder of other files
     if out.is_dir() and any(out.iterdir()) and not (out / "comparison.json").is_file():
         raise HyperrlError(f"--out {out} exists and holds other files than a comparison; pick another folder")
-    refuse_existing(out, args.force, "pick another --out or --name, or pass --force")
+    refuse_existing(out, force, "pick another --out or --name, or pass --force")
 
     normalised = bool(oracles)
-    variants = normalise(runs, oracles, args.random_episodes, args.random_seed) if normalised else None
-    reps, seed = args.bootstrap_reps, args.bootstrap_seed
+    variants = normalise(runs, oracles, random_episodes, random_seed) if normalised else None
     summary = compare(runs, reps=reps, seed=seed)
     panels = protocol(runs, reference, reps=reps, seed=seed, normalised=normalised)
     text = markdown_tables(summary, reps=reps, panels=panels)
@@ -1077,25 +1105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference": reference if reference in labels else None,
         "normalisation": None if not normalised else {
             "oracle_runs": [str(o.run_dir) for o in oracles],
-            "random_policy": {"actions": "uniform over the action space", "episodes": args.random_episodes,
-                              "seed": args.random_seed, "backend": "gymnasium"},
+            "random_policy": {"actions": "uniform over the action space", "episodes": random_episodes,
+                              "seed": random_seed, "backend": "gymnasium"},
             "variants": variants},
         "bootstrap": {"reps": reps, "seed": seed, "confidence": 0.95, "kind": "stratified (runs within variants)",
                       "interval": "percentile"},
-        "eval_name": args.eval_name,
+        "eval_name": eval_name,
     }
     from hyperrl.plots import save_figure
 
     def build(folder: Path) -> None:
         (folder / "comparison.md").write_text(text)
-        for name, fig in figures.items():
-            save_figure(fig, folder / name)
+        for fname, fig in figures.items():
+            save_figure(fig, folder / fname)
         (folder / "comparison.json").write_text(json.dumps(data, indent=2))
 
-    publish_dir(out, build, args.force, "pick another --out or --name, or pass --force")
-    print(text)
-    print(f"wrote {out}/: comparison.md, comparison.json, " + ", ".join(figures))
-    return 0
+    publish_dir(out, build, force, "pick another --out or --name, or pass --force")
+    return text, out, list(figures)
 
 
 if __name__ == "__main__":

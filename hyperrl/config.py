@@ -452,10 +452,14 @@ def load_yaml_config(cls: type[C], path: str | os.PathLike[str]) -> C:
         raise ConfigError(f"{p}: {e}") from None
 
 
-def _flow(value: Any) -> str:
-    """A plain value (scalar or nested list) as one line of YAML flow text."""
+def _flow(value: Any, in_list: bool = False) -> str:
+    """A plain value (scalar or nested list) as one line of YAML flow text (``in_list``: an
+    item of a flow sequence, where a string with ``,`` or ``[`` needs quotes)."""
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
+        return "[" + ", ".join(_flow(v, in_list=True) for v in value) + "]"
+    if in_list and isinstance(value, str) and not any(c in value for c in "\n\r\x85\u2028\u2029"):
+        text = yaml.safe_dump([value], default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
+        return text[1:-1]
     style = '"' if isinstance(value, str) and any(c in value for c in "\n\r\x85\u2028\u2029") else None
     text = yaml.safe_dump(
         value, default_flow_style=True, default_style=style, width=1 << 30, allow_unicode=True

@@ -37,6 +37,7 @@ scalars, the figure and the table in the run's TensorBoard under ``eval/<name>/.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -57,6 +58,7 @@ from hyperrl.cli import int_range, main_guard, make_parser, parse_device, seed_a
 from hyperrl.errors import HyperrlError
 from hyperrl.fileio import check_writable, publish_dir, refuse_existing
 from hyperrl.episodes import EpisodeStats, evaluate_values
+from hyperrl.runlock import run_lock
 from hyperrl.runs import load
 from hyperrl.families import SPLITS, Family
 
@@ -429,9 +431,8 @@ def evaluate_run(
 ) -> tuple[dict[str, Any], Path | None]:
     """Load ``run_dir`` (any method), evaluate the selection, write the outputs (``write``;
     an existing ``eval/<name>`` only with ``force``). Returns ``(results, output folder)``.
-    Every error is raised before anything is written."""
-    from hyperrl import __version__
-
+    Every error is raised before anything is written. Writing holds a shared lock on the
+    run dir (:mod:`hyperrl.runlock`): refused while a trainer trains into it."""
     if backend not in BACKENDS:
         raise HyperrlError(f"unknown backend '{backend}'; expected one of: {', '.join(BACKENDS)}")
     if int(episodes) < 1:
@@ -459,9 +460,21 @@ def evaluate_run(
                             {**sel.detail, "restricted_to_run_variants": True}, sel.name)
     name = name or _default_name(sel, backend, checkpoint, deterministic)
     check_output_name(name)
-    if write:  # before the evaluation, which may take long
-        refuse_existing(Path(run_dir) / "eval" / name, force)
-        check_writable(Path(run_dir) / "eval")
+    with contextlib.ExitStack() as stack:
+        if write:  # before the evaluation, which may take long
+            # a shared lock: refused while a trainer holds the run dir (hyperrl.runlock)
+            stack.enter_context(run_lock(run_dir, exclusive=False, what="write an evaluation into"))
+            refuse_existing(Path(run_dir) / "eval" / name, force)
+            check_writable(Path(run_dir) / "eval")
+        return _evaluate_and_write(run, sel, name, episodes, seed, backend, dev, deterministic, checkpoint,
+                                   write, force)
+
+
+def _evaluate_and_write(run: Any, sel: Selection, name: str, episodes: int, seed: int, backend: str,
+                        dev: torch.device, deterministic: bool, checkpoint: str | None, write: bool,
+                        force: bool) -> tuple[dict[str, Any], Path | None]:
+    from hyperrl import __version__
+
     t0 = time.perf_counter()
     stats = run_evaluation(run, sel.values, episodes, seed, backend, dev, deterministic)
     ckpt = getattr(run, "checkpoint_path", None)

@@ -725,6 +725,27 @@ class Family:
         raw["distractors"] = self.distractors
         atomic_write_text(path, yaml.safe_dump(raw, sort_keys=False))
 
+    def save_one_variant(self, values: Sequence[float], path: str | os.PathLike) -> Path:
+        """Write a one-variant copy of this family to ``path``: every parameter's train range
+        is the point ``values``, what a per-variant oracle trains on. It keeps the family's
+        name (an oracle is a run of the family, on one of its variants), holds ``values`` as
+        its interpolation point and a point beyond it as its extrapolation point (both sets
+        are required), and no distractors."""
+        raw = parse_yaml(Path(self.source).read_text())
+        values = [float(v) for v in values]
+        for (name, spec), v in zip(raw["params"].items(), values):
+            spec["train"] = {"dist": "uniform", "ranges": [[v, v]]}
+        first = self.params[0]
+        # the extrapolation point only has to lie outside the train point
+        other = [-values[0] if first.signed else (first.bounds[1] if values[0] != first.bounds[1] else first.bounds[0]),
+                 *values[1:]]
+        names = list(raw["params"])
+        raw["heldout"] = {"interpolation": {"values": [dict(zip(names, values))]},
+                          "extrapolation": {"values": [dict(zip(names, other))]}}
+        raw.pop("distractors", None)
+        atomic_write_text(path, yaml.safe_dump(raw, sort_keys=False))
+        return Path(path)
+
     def constants(self) -> dict[str, float]:
         """Fixed attribute values, for a batched simulator's constants."""
         return {k: float(v) for k, v in self.fixed.items()}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from hyperrl.errors import HyperrlError
+from hyperrl.runlock import LOCK_NAME, run_lock
 
 __all__ = ["OutputError", "atomic_write", "atomic_write_path", "atomic_write_bytes", "atomic_write_text", "write_json",
            "check_writable", "refuse_existing", "publish_dir", "fresh_run_dir"]
@@ -158,6 +159,11 @@ def publish_dir(out: str | os.PathLike, build: Callable[[Path], None], force: bo
     return out
 
 
+def _has_content(run_dir: Path) -> bool:
+    """Whether a folder holds anything but a run-dir lock file."""
+    return any(p.name != LOCK_NAME for p in run_dir.iterdir())
+
+
 def _new_run_dir(family_name: str, name_prefix: str, seed: int, run_dir: str | os.PathLike | None,
                  exists_hint: str) -> tuple[Path, bool]:
     """(path, created): ``run_dir`` if given (created unless it is an empty folder; refused if
@@ -166,7 +172,7 @@ def _new_run_dir(family_name: str, name_prefix: str, seed: int, run_dir: str | o
         path = Path(run_dir)
         if path.exists() and not path.is_dir():
             raise OutputError(f"run dir {path} exists and is not a folder")
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and _has_content(path):
             raise OutputError(f"run dir {path} already exists and is not empty; {exists_hint}")
         existed = path.exists()
         check_writable(path)
@@ -198,15 +204,30 @@ def fresh_run_dir(family_name: str, name_prefix: str, seed: int, run_dir: str | 
     ``--run-dir`` can be used once the problem is fixed."""
     path, created = _new_run_dir(family_name, name_prefix, seed, run_dir, exists_hint)
     try:
-        yield path
+        # the trainer's exclusive lock (hyperrl.runlock), then the emptiness check again: a
+        # second trainer that raced for the same new --run-dir is refused, never merged
+        lock = run_lock(path, exclusive=True, what="train into")
+        lock.__enter__()
     except BaseException:
-        if not keep(path):
-            if created:
-                shutil.rmtree(path, ignore_errors=True)
-            else:  # a folder that was empty before this run: empty it again
-                for child in list(path.iterdir()):
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child, ignore_errors=True)
-                    else:
-                        child.unlink(missing_ok=True)
+        if created:  # mkdir raced with another trainer's: its folder, left alone
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if still empty
         raise
+    try:
+        if _has_content(path):
+            raise OutputError(f"run dir {path} already exists and is not empty; {exists_hint}")
+        try:
+            yield path
+        except BaseException:
+            if not keep(path):
+                if created:
+                    shutil.rmtree(path, ignore_errors=True)
+                else:  # a folder that was empty before this run: empty it again
+                    for child in list(path.iterdir()):
+                        if child.is_dir() and not child.is_symlink():
+                            shutil.rmtree(child, ignore_errors=True)
+                        else:
+                            child.unlink(missing_ok=True)
+            raise
+    finally:
+        lock.__exit__(None, None, None)

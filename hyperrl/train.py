@@ -35,14 +35,16 @@ from hyperrl.fileio import check_writable, fresh_run_dir, write_json
 from hyperrl.hypernet import functional_mlp
 from hyperrl.ppo import LossOut, NonFiniteUpdate, explained_variance, gae, ppo_loss, ppo_update
 from hyperrl.resources import builtin_dir
+from hyperrl.runlock import run_lock
 from hyperrl.seeding import make_generator, restore_generators, rng_state, seed_everything, set_rng_state
 from hyperrl.sim import VecEnv, make_vec_env
 from hyperrl.train_config import EvalConfig, PPOConfig, TrainConfig
 
-__all__ = ["train", "main", "resolve_config", "builtin_configs_dir", "TrainingDiverged", "Rollout",
-           "EpisodeTracker", "collect_rollout", "advantages", "minibatch_loss", "evaluate_heldout"]
+__all__ = ["train", "main", "start_run", "resume_run", "resolve_config", "builtin_configs_dir", "TrainingDiverged",
+           "Rollout", "EpisodeTracker", "collect_rollout", "advantages", "minibatch_loss", "evaluate_heldout"]
 
 Sampler = Callable[[int, torch.Generator, torch.device, torch.dtype], torch.Tensor]  # -> [n, P] values
+EvalCallback = Callable[[dict[str, Any]], None]  # one evaluation history entry
 
 
 class TrainingDiverged(HyperrlError):
@@ -412,9 +414,15 @@ def train(
     resume: dict[str, Any] | None = None,
     init: dict[str, Any] | None = None,
     sample: Sampler | None = None,
+    on_eval: EvalCallback | None = None,
 ) -> dict[str, Any]:
     """Run PPO on ``family`` with ``cfg``, writing TensorBoard events, checkpoints and
     ``metrics.json`` into ``run_dir``. ``resume`` is a loaded 'latest' checkpoint.
+
+    ``on_eval(row)`` is called after each periodic held-out evaluation, once its checkpoint
+    is written: ``row`` is the evaluation history's entry (``step``, ``time_s``,
+    ``interpolation``, ``extrapolation``: the split means). A sweep reports it to Ray Tune,
+    whose scheduler may end the process there; the run then resumes from that checkpoint.
 
     ``init`` (a checkpoint payload: its ``hypernet`` entry, the agent state) starts from a
     trained agent with a fresh optimiser; ``sample(n, generator, device, dtype) -> [n, P]``
@@ -542,6 +550,10 @@ def train(
                 next_eval = (step // cfg.eval.interval_steps + 1) * cfg.eval.interval_steps
                 ckpt.save_latest(payload(step))
                 next_ckpt = step + cfg.checkpoint_interval_steps
+                if on_eval is not None:
+                    t_cb = time.perf_counter()
+                    on_eval(dict(progress.history[-1]))
+                    eval_seconds += time.perf_counter() - t_cb
                 tqdm.write(f"step {step:>10,}  eval interpolation {last_eval['interpolation']:8.1f}  "
                            f"extrapolation {last_eval['extrapolation']:8.1f}", file=sys.stderr)
                 if cfg.stop_at_return is not None and min(last_eval.values()) >= cfg.stop_at_return:
@@ -610,6 +622,83 @@ def resolve_config(family: Family, config_path: str | None, overrides: Sequence[
     return replace(cfg, **{key: v for key, v in flags.items() if v is not None})
 
 
+def config_differences(run_dir: str | Path, family: Family, config_path: str | None, overrides: Sequence[str],
+                       seed: int | None = None, total_steps: int | None = None,
+                       device: str | None = None) -> list[str]:
+    """The keys where a run dir's saved ``config.yaml`` differs from the config these
+    arguments resolve to (:func:`resolve_config`), as ``key: saved there, wanted here``;
+    empty when they agree or the run has no config yet. A sweep or benchmark that reuses or
+    continues a run dir checks it first."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    want = flat(to_dict(resolve_config(family, config_path, overrides, seed, total_steps, device)))
+    have = flat(to_dict(load_yaml_config(TrainConfig, path)))
+    return [f"{k}: {have.get(k)!r} there, {want.get(k)!r} here" for k in want if want.get(k) != have.get(k)]
+
+
+def start_run(family_arg: str | Family, config_path: str | None = None, overrides: Sequence[str] = (),
+              seed: int | None = None, total_steps: int | None = None, device: str | None = None,
+              run_dir: str | Path | None = None, run_info: dict[str, Any] | None = None,
+              on_eval: EvalCallback | None = None) -> tuple[Path, dict[str, Any]]:
+    """A new run: resolve the config, create the run dir (locked for this process while it
+    trains, :mod:`hyperrl.runlock`), write ``config.yaml``, ``run.json`` (plus ``run_info``)
+    and ``family.yaml``, train. Returns ``(run_dir, metrics)``. What ``python -m
+    hyperrl.train`` runs, and each trial of a sweep."""
+    family = family_arg if isinstance(family_arg, Family) else load_family(family_arg)
+    cfg = resolve_config(family, config_path, overrides, seed, total_steps, device)
+    if cfg.env.distractors:
+        family = family.with_distractors(cfg.env.distractors)
+    parse_device(cfg.device)  # fail before creating anything
+    batch = cfg.env.num_envs * cfg.ppo.num_steps
+    if cfg.num_updates * batch != cfg.total_steps:  # say so instead of overshooting silently
+        print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
+              f"{batch:,}; training runs {cfg.num_updates:,} update(s) = {cfg.num_updates * batch:,} steps",
+              file=sys.stderr)
+    # A run that fails before its first checkpoint leaves nothing worth keeping: its files go
+    # again, so the same --run-dir is free once the problem is fixed.
+    with fresh_run_dir(family.name, "", cfg.seed, run_dir,
+                       keep=lambda d: CheckpointManager(d).latest_path.is_file(),
+                       exists_hint="use --resume to continue it or pick another --run-dir") as out:
+        save_config(cfg, out / "config.yaml")
+        write_json(out / "run.json", {"method": "hyperrl", "family": family.name, "seed": cfg.seed,
+                                      "version": __version__, **(run_info or {})})
+        family.save_copy(out / "family.yaml")
+        metrics = train(cfg, family, out, on_eval=on_eval)
+    return out, metrics
+
+
+def resume_run(run_dir: str | Path, total_steps: int | None = None, device: str | None = None,
+               on_eval: EvalCallback | None = None, wait_s: float = 0.0) -> tuple[dict[str, Any] | None, int]:
+    """Continue a run from its latest checkpoint, holding the run dir's exclusive lock
+    (refused while another process trains into it or writes into it; retried for ``wait_s``
+    seconds). Returns ``(metrics, step)``: metrics None when the checkpoint already has the
+    run's ``total_steps`` (nothing to do), ``step`` the checkpoint's step."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise HyperrlError(f"{run_dir} is not a hyperrl run dir (no config.yaml)")
+    with run_lock(run_dir, exclusive=True, wait_s=wait_s, what="resume training in"):
+        cfg = load_yaml_config(TrainConfig, run_dir / "config.yaml")
+        family = load_family(run_dir / "family.yaml")
+        cfg = replace(cfg, **{k_: v for k_, v in {"total_steps": total_steps, "device": device}.items()
+                              if v is not None})
+        ckpt = CheckpointManager(run_dir)
+        payload = load_checkpoint(ckpt.latest_path, map_location=parse_device(cfg.device))
+        if payload["step"] >= cfg.total_steps:
+            return None, int(payload["step"])
+        check_writable(run_dir)
+        check_writable(ckpt.latest_path.parent)
+        save_config(cfg, run_dir / "config.yaml")
+        return train(cfg, family, run_dir, resume=payload, on_eval=on_eval), int(payload["step"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("python -m hyperrl.train", "Train a hypernetwork policy across an environment family.")
     parser.add_argument("--env-family", help="built-in family name (see envs/) or path to a family YAML")
@@ -628,49 +717,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.resume:
-        run_dir = Path(args.resume)
         if args.env_family or args.config or args.overrides or args.run_dir or args.seed is not None:
             raise HyperrlError("--resume takes the run's own config; only --total-steps and --device may be given")
-        if not (run_dir / "config.yaml").is_file():
-            raise HyperrlError(f"{run_dir} is not a hyperrl run dir (no config.yaml)")
-        cfg = load_yaml_config(TrainConfig, run_dir / "config.yaml")
-        family = load_family(run_dir / "family.yaml")
-        cfg = replace(cfg, **{k_: v for k_, v in {"total_steps": args.total_steps, "device": args.device}.items()
-                              if v is not None})
-        ckpt = CheckpointManager(run_dir)
-        payload = load_checkpoint(ckpt.latest_path, map_location=parse_device(cfg.device))
-        if payload["step"] >= cfg.total_steps:
-            print(f"run {run_dir} already has {payload['step']:,} of {cfg.total_steps:,} steps; nothing to do")
+        metrics, step = resume_run(args.resume, args.total_steps, args.device)
+        if metrics is None:
+            total = load_yaml_config(TrainConfig, Path(args.resume) / "config.yaml").total_steps
+            print(f"run {args.resume} already has {step:,} of {args.total_steps or total:,} steps; nothing to do")
             return 0
-        check_writable(run_dir)
-        check_writable(ckpt.latest_path.parent)
-        save_config(cfg, run_dir / "config.yaml")
-        train(cfg, family, run_dir, resume=payload)
-        print(f"run dir: {run_dir}")
+        print(f"run dir: {args.resume}")
         return 0
 
     if not args.env_family:
         parser.error("--env-family is required (or --resume RUN_DIR)")
-    family = load_family(args.env_family)
-    cfg = resolve_config(family, args.config, args.overrides, args.seed, args.total_steps, args.device)
-    if cfg.env.distractors:
-        family = family.with_distractors(cfg.env.distractors)
-    parse_device(cfg.device)  # fail before creating anything
-    batch = cfg.env.num_envs * cfg.ppo.num_steps
-    if cfg.num_updates * batch != cfg.total_steps:  # say so instead of overshooting silently
-        print(f"note: total_steps {cfg.total_steps:,} is not a multiple of env.num_envs x ppo.num_steps = "
-              f"{batch:,}; training runs {cfg.num_updates:,} update(s) = {cfg.num_updates * batch:,} steps",
-              file=sys.stderr)
-    # A run that fails before its first checkpoint leaves nothing worth keeping: its files go
-    # again, so the same --run-dir is free once the problem is fixed.
-    with fresh_run_dir(family.name, "", cfg.seed, args.run_dir,
-                       keep=lambda d: CheckpointManager(d).latest_path.is_file(),
-                       exists_hint="use --resume to continue it or pick another --run-dir") as run_dir:
-        save_config(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "run.json", {"method": "hyperrl", "family": family.name, "seed": cfg.seed,
-                                          "version": __version__})
-        family.save_copy(run_dir / "family.yaml")
-        metrics = train(cfg, family, run_dir)
+    run_dir, metrics = start_run(args.env_family, args.config, args.overrides, args.seed, args.total_steps,
+                                 args.device, args.run_dir)
     print(f"run dir: {run_dir}")
     print(f"held-out return: interpolation {metrics['eval_interpolation_return']:.1f}, "
           f"extrapolation {metrics['eval_extrapolation_return']:.1f}; "

@@ -5,6 +5,7 @@ one adaptation to its mode's module."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -27,6 +28,7 @@ from hyperrl.errors import HyperrlError
 from hyperrl.evaluate import check_output_name
 from hyperrl.families import Family, load_family
 from hyperrl.fileio import check_writable, refuse_existing
+from hyperrl.runlock import run_lock
 from hyperrl.runs import read_run_info
 
 
@@ -231,63 +233,66 @@ def adapt(
     bl = budgets_for(episodes, budgets)
     root = Path(run_dir) / "adapt"
     names = {m: (name or default_name(family, m, env_values, hidden, episodes, seed)) for m in modes}
-    if save:  # before adapting, which may take long
-        for nm in names.values():
-            refuse_existing(root / nm, force)
-        check_writable(root)
+    with contextlib.ExitStack() as stack:
+        if save:  # before adapting, which may take long
+            # a shared lock: refused while a trainer holds the run dir (hyperrl.runlock)
+            stack.enter_context(run_lock(run_dir, exclusive=False, what="write an adaptation into"))
+            for nm in names.values():
+                refuse_existing(root / nm, force)
+            check_writable(root)
 
-    t0 = time.perf_counter()
-    curves: dict[str, list[dict[str, Any]]] = {}
-    finals: dict[str, AdaptResult] = {}
-    for line in lines:
-        if log:
-            log(f"{line}:")
-        t_line = time.perf_counter()
-        pts, last = run_line(source, line, env_values, given_values, bl, cfg, seed, dev, eval_episodes,
-                             dr_run, log, world)
-        curves[line] = pts
-        finals[line] = last
-        if log:
-            log(f"  ({time.perf_counter() - t_line:.1f} s)")
-    wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        curves: dict[str, list[dict[str, Any]]] = {}
+        finals: dict[str, AdaptResult] = {}
+        for line in lines:
+            if log:
+                log(f"{line}:")
+            t_line = time.perf_counter()
+            pts, last = run_line(source, line, env_values, given_values, bl, cfg, seed, dev, eval_episodes,
+                                 dr_run, log, world)
+            curves[line] = pts
+            finals[line] = last
+            if log:
+                log(f"  ({time.perf_counter() - t_line:.1f} s)")
+        wall = time.perf_counter() - t0
 
-    result: dict[str, Any] = {"family": family.name, "values": family.as_dict(env_values),
-                              "given_values": None if hidden else family.as_dict(given), "hidden": hidden,
-                              "budget": episodes, "budgets": bl, "curves": curves, "notes": notes,
-                              "world": world_info,
-                              "dirs": {}, "wall_clock_s": wall}
-    if not save:
-        result["finals"] = finals
+        result: dict[str, Any] = {"family": family.name, "values": family.as_dict(env_values),
+                                  "given_values": None if hidden else family.as_dict(given), "hidden": hidden,
+                                  "budget": episodes, "budgets": bl, "curves": curves, "notes": notes,
+                                  "world": world_info,
+                                  "dirs": {}, "wall_clock_s": wall}
+        if not save:
+            result["finals"] = finals
+            return result
+        for m in modes:
+            res = finals[m]
+            pts = curves[m]
+            final_pt = pts[-1]
+            extra = {k: v for k, v in res.info.items() if not k.startswith("_")}
+            run_info = {
+                "method": "adapted", "family": family.name, "values": family.as_dict(env_values),
+                "values_list": [float(x) for x in env_values], "mode": m, "hidden": hidden,
+                "given_values": None if hidden else family.as_dict(given),
+                "episodes_used": res.budget.used, "budget": episodes, "seed": seed,
+                "world": world_info,
+                "source_run": os.path.relpath(Path(run_dir).resolve(), (root / names[m]).resolve()),
+                "source_run_abs": str(Path(run_dir).resolve()), "source_checkpoint": str(source.checkpoint_path),
+                "version": _version(),
+            }
+            metrics = {
+                "family": family.name, "mode": m, "values": family.as_dict(env_values), "hidden": hidden,
+                "env_steps": res.budget.env_steps, "episodes_used": res.budget.used, "budget": episodes,
+                "wall_clock_s": wall, "adapt_seconds": res.wall_s,
+                "zero_shot_return": pts[0]["return_mean"],  # budgets_for always starts at budget 0
+                "final_return": final_pt["return_mean"],
+                "returns": {str(p["budget"]): p["return_mean"] for p in pts},
+                "eval_episodes": int(eval_episodes), "eval_seed": EVAL_SEED,
+                "budget_log": res.budget.log, "adaptation": extra, "curves": curves, "notes": notes,
+                "config": dataclasses.asdict(cfg),
+            }
+            out = write_adapted(source, root / names[m], m, res, run_info, metrics, curves, force)
+            result["dirs"][m] = str(out)
         return result
-    for m in modes:
-        res = finals[m]
-        pts = curves[m]
-        final_pt = pts[-1]
-        extra = {k: v for k, v in res.info.items() if not k.startswith("_")}
-        run_info = {
-            "method": "adapted", "family": family.name, "values": family.as_dict(env_values),
-            "values_list": [float(x) for x in env_values], "mode": m, "hidden": hidden,
-            "given_values": None if hidden else family.as_dict(given),
-            "episodes_used": res.budget.used, "budget": episodes, "seed": seed,
-            "world": world_info,
-            "source_run": os.path.relpath(Path(run_dir).resolve(), (root / names[m]).resolve()),
-            "source_run_abs": str(Path(run_dir).resolve()), "source_checkpoint": str(source.checkpoint_path),
-            "version": _version(),
-        }
-        metrics = {
-            "family": family.name, "mode": m, "values": family.as_dict(env_values), "hidden": hidden,
-            "env_steps": res.budget.env_steps, "episodes_used": res.budget.used, "budget": episodes,
-            "wall_clock_s": wall, "adapt_seconds": res.wall_s,
-            "zero_shot_return": pts[0]["return_mean"],  # budgets_for always starts at budget 0
-            "final_return": final_pt["return_mean"],
-            "returns": {str(p["budget"]): p["return_mean"] for p in pts},
-            "eval_episodes": int(eval_episodes), "eval_seed": EVAL_SEED,
-            "budget_log": res.budget.log, "adaptation": extra, "curves": curves, "notes": notes,
-            "config": dataclasses.asdict(cfg),
-        }
-        out = write_adapted(source, root / names[m], m, res, run_info, metrics, curves, force)
-        result["dirs"][m] = str(out)
-    return result
 
 
 def _version() -> str:
