@@ -238,12 +238,14 @@ class FamilyVectorEnv(gym.vector.VectorEnv):
 
     def _owned(self, x: torch.Tensor) -> Any:
         """``x`` as returned (:meth:`_out`), copied where it is live (a NumPy copy is cheaper
-        than a torch one; NumPy from an accelerator is a host copy already)."""
+        than a torch one; NumPy from an accelerator is a host copy already). The copy keeps
+        the memory layout (a transposed [N, D] view stays one, as Gymnasium's CartPole
+        returns its observations): a reordering copy costs several times more."""
         if self.tensors:
             return x.clone() if self._live(x) else x
         if not self._cpu:
             return self._out(x)
-        return x.numpy().copy() if self._live(x) else x.numpy()
+        return x.numpy().copy(order="K") if self._live(x) else x.numpy()
 
     def _obs(self, obs: torch.Tensor, params: torch.Tensor) -> Any:
         if self.append_context:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -343,13 +341,19 @@ def test_cli_outputs_loader_and_source_untouched(actuator_run, capsys):
     assert "already exists" in err
 
 
-def test_help_lists_every_mode_and_reference():
-    repo = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "hyperrl.adapt", "--help"], capture_output=True, text=True,
-                          env=env, cwd=repo, timeout=120)
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # no runpy warning about __main__
-    epilog = " ".join(proc.stdout[proc.stdout.index("modes:"):].split())
+def test_help_lists_every_mode_and_reference(capsys, monkeypatch):
+    """``python -m hyperrl.adapt --help``, run as ``-m`` runs it (runpy, ``__main__``)."""
+    import runpy
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", ["hyperrl.adapt", "--help"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. runpy's warning about a __main__ imported by the package
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_module("hyperrl.adapt", run_name="__main__", alter_sys=True)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0 and err == "", err
+    epilog = " ".join(out[out.index("modes:"):].split())
     for mode in MODES:
         assert f"{mode} = " in epilog, (mode, epilog)
     for ref in REFERENCES:

@@ -58,29 +58,62 @@ def _set_writable(folder: Path, writable: bool) -> None:
         os.chmod(p, (mode | stat.S_IWUSR) if writable else (mode & ~bits))
 
 
-def run_read_only(folder: Path, module: str, args: list[str]) -> subprocess.CompletedProcess:
-    """``python -m module args`` with ``folder`` read-only: permission bits for a normal user;
-    for root, who ignores them, a private mount namespace where ``folder`` is bind-mounted
+# Runs each command as ``python -m`` does (runpy, ``__main__``), in one process so the
+# interpreter starts once; prints a JSON list of [exit code, stderr] per command.
+_COMMANDS_SCRIPT = """
+import json, os, runpy, sys, tempfile
+results = []
+for module, *args in json.loads(sys.argv[1]):
+    sys.argv = [module, *args]
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as err:  # everything written to fd 2, C libraries' output too
+        os.dup2(err.fileno(), 2)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        results.append([code, err.read().decode()])
+print(json.dumps(results))
+"""
+
+
+def run_read_only(folders: list[Path], commands: list[list]) -> list[tuple[int, str]]:
+    """Each of ``commands`` (``[module, *args]``, run as ``python -m``) with ``folders``
+    read-only -> ``(exit code, stderr)`` per command: permission bits for a normal user; for
+    root, who ignores them, a private mount namespace where each folder is bind-mounted
     read-only (skipped where that is not allowed)."""
-    cmd = [sys.executable, "-m", module, *map(str, args)]
+    cmd = [sys.executable, "-c", _COMMANDS_SCRIPT, json.dumps([[m, *map(str, a)] for m, *a in commands])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     if os.geteuid() != 0:
-        _set_writable(folder, False)
+        for folder in folders:
+            _set_writable(folder, False)
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
         finally:
-            _set_writable(folder, True)
-    if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
-        pytest.skip("running as root without mount namespaces: cannot make a read-only folder")
-    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
-    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(folder), *cmd],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+            for folder in folders:
+                _set_writable(folder, True)
+    else:
+        if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode:
+            pytest.skip("running as root without mount namespaces: cannot make a read-only folder")
+        script = ('for f in "$@"; do [ "$f" = -- ] && break; mount --bind "$f" "$f" && mount -o remount,bind,ro "$f" '
+                  '|| exit 1; done; while [ "$1" != -- ]; do shift; done; shift; exec "$@"')
+        proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *map(str, folders), "--", *cmd],
+                              capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return [(code, err) for code, err in json.loads(proc.stdout.splitlines()[-1])]
 
 
-def assert_one_error_line(proc: subprocess.CompletedProcess, needle: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+def assert_one_error_line(result: tuple[int, str], needle: str) -> None:
+    code, stderr = result
+    assert code == 2, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert needle in lines[0], lines[0]
 
 
@@ -88,19 +121,19 @@ def test_read_only_run_dir_is_one_error_line_and_left_untouched(run, tmp_path):
     copy = tmp_path / "ro-run"
     shutil.copytree(run, copy)
     before = tree_hash(copy)
-    proc = run_read_only(copy, "hyperrl.evaluate", [copy, "--episodes", 1])
-    assert_one_error_line(proc, f"cannot write to {copy / 'eval'}")
-    proc = run_read_only(copy, "hyperrl.adapt", [copy, "--values", "force_mag=-10", "--episodes", 1,
-                                                 "--no-references"])
-    assert_one_error_line(proc, f"cannot write to {copy / 'adapt'}")
-    proc = run_read_only(copy, "hyperrl.train", ["--resume", copy, "--total-steps", 1024, "--device", "cpu"])
-    assert_one_error_line(proc, f"cannot write to {copy}")
-    assert tree_hash(copy) == before
-
     out = tmp_path / "ro-out"
     out.mkdir()
-    proc = run_read_only(out, "hyperrl.compare", [copy, "--out", out / "cmp"])
-    assert_one_error_line(proc, f"cannot write to {out}")
+    evaluate, adapt, resume, compare = run_read_only([copy, out], [
+        ["hyperrl.evaluate", copy, "--episodes", 1],
+        ["hyperrl.adapt", copy, "--values", "force_mag=-10", "--episodes", 1, "--no-references"],
+        ["hyperrl.train", "--resume", copy, "--total-steps", 1024, "--device", "cpu"],
+        ["hyperrl.compare", copy, "--out", out / "cmp"],
+    ])
+    assert_one_error_line(evaluate, f"cannot write to {copy / 'eval'}")
+    assert_one_error_line(adapt, f"cannot write to {copy / 'adapt'}")
+    assert_one_error_line(resume, f"cannot write to {copy}")
+    assert tree_hash(copy) == before
+    assert_one_error_line(compare, f"cannot write to {out}")
     assert not any(out.iterdir())
 
 

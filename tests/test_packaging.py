@@ -115,30 +115,54 @@ def test_wheel_carries_the_yaml_folders(built: Built, which: str) -> None:
     assert {f"hyperrl/configs/{c}" for c in CONFIGS} <= names
 
 
-def test_installed_wheel_finds_the_builtins(built: Built) -> None:
-    script = (
-        "import json, hyperrl\n"
-        "from hyperrl.train import builtin_configs_dir\n"
-        "fam = hyperrl.load_family('cartpole-mass')\n"
-        "print(json.dumps({'file': hyperrl.__file__, 'families': hyperrl.list_families(),\n"
-        "    'loaded': fam.name, 'configs': sorted(p.name for p in builtin_configs_dir().glob('*.yaml'))}))\n"
-    )
-    got = json.loads(_installed(built, "-c", script).stdout)
-    assert Path(got["file"]).resolve().is_relative_to(built.site.resolve())
-    assert got["families"] == FAMILIES
-    assert got["loaded"] == "cartpole-mass"
-    assert got["configs"] == CONFIGS
+# One process of the installed wheel, outside the repo, does what the tests below check (a
+# Python start with torch costs seconds): first, with hyperrl never imported, a family
+# through Gymnasium's module prefix (Gymnasium 1.x loads no entry-point plugins), whose import
+# registers every built-in family; then the built-ins; then `hyperrl.train --help-config`
+# and a tiny `hyperrl.train` run, through the command's own main.
+_INSTALLED_SCRIPT = """
+import contextlib, io, json, sys
+import gymnasium as gym
+env = gym.make('hyperrl:hyperrl/cartpole-mass-v0', masspole=0.3)
+obs, info = env.reset(seed=0)
+venv = gym.make_vec('hyperrl/acrobot-links-v0', num_envs=2, vectorization_mode='vector_entry_point')
+ids = sorted(k for k in gym.registry if k.startswith('hyperrl/') and k.endswith('-v0'))
+import hyperrl
+from hyperrl.train import builtin_configs_dir, main
+fam = hyperrl.load_family('cartpole-mass')
+help_text = io.StringIO()
+with contextlib.redirect_stdout(help_text):
+    assert main(['--help-config']) == 0
+train_code = main(sys.argv[1:])
+print(json.dumps({'file': hyperrl.__file__, 'params': info['params'], 'vector': type(venv).__name__, 'ids': ids,
+                  'families': hyperrl.list_families(), 'loaded': fam.name,
+                  'configs': sorted(p.name for p in builtin_configs_dir().glob('*.yaml')),
+                  'help_config': help_text.getvalue(), 'train_code': train_code}))
+"""
 
 
-def test_installed_wheel_trains_with_the_family_config(built: Built) -> None:
-    help_text = _installed(built, "-m", "hyperrl.train", "--help-config").stdout
-    assert all(key in help_text for key in TINY_SETTINGS)
-    args = ["-m", "hyperrl.train", "--env-family", "cartpole-mass", "--run-dir", "RUN"]
+@pytest.fixture(scope="module")
+def installed(built: Built) -> dict[str, Any]:
+    """What the installed wheel's process reported (see _INSTALLED_SCRIPT); its tiny run is
+    ``built.outside / "RUN"``."""
+    args = ["--env-family", "cartpole-mass", "--run-dir", "RUN"]
     for key, value in TINY_FLAGS.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     for key, value in TINY_SETTINGS.items():
         args += ["--set", f"{key}={str(value).lower()}"]
-    _installed(built, *args)
+    return json.loads(_installed(built, "-c", _INSTALLED_SCRIPT, *args).stdout.splitlines()[-1])
+
+
+def test_installed_wheel_finds_the_builtins(built: Built, installed: dict[str, Any]) -> None:
+    assert Path(installed["file"]).resolve().is_relative_to(built.site.resolve())
+    assert installed["families"] == FAMILIES
+    assert installed["loaded"] == "cartpole-mass"
+    assert installed["configs"] == CONFIGS
+
+
+def test_installed_wheel_trains_with_the_family_config(built: Built, installed: dict[str, Any]) -> None:
+    assert all(key in installed["help_config"] for key in TINY_SETTINGS)
+    assert installed["train_code"] == 0
     run = built.outside / "RUN"
     assert (run / "metrics.json").is_file()
     used = _flatten(yaml.safe_load((run / "config.yaml").read_text()))
@@ -150,20 +174,9 @@ def test_installed_wheel_trains_with_the_family_config(built: Built) -> None:
     assert any(defaults[k] != v for k, v in kept.items())
 
 
-def test_installed_wheel_registers_every_family_with_gymnasium(built: Built) -> None:
-    """Outside the repo, a process that never imports hyperrl itself reaches a family through
-    Gymnasium's module prefix (Gymnasium 1.x loads no entry-point plugins), and the import it
-    triggers registers every built-in family."""
-    script = (
-        "import json, gymnasium as gym\n"
-        "env = gym.make('hyperrl:hyperrl/cartpole-mass-v0', masspole=0.3)\n"
-        "obs, info = env.reset(seed=0)\n"
-        "venv = gym.make_vec('hyperrl/acrobot-links-v0', num_envs=2, vectorization_mode='vector_entry_point')\n"
-        "import hyperrl\n"
-        "print(json.dumps({'file': hyperrl.__file__, 'params': info['params'], 'vector': type(venv).__name__,\n"
-        "    'ids': sorted(k for k in gym.registry if k.startswith('hyperrl/') and k.endswith('-v0'))}))\n"
-    )
-    got = json.loads(_installed(built, "-c", script).stdout)
-    assert Path(got["file"]).resolve().is_relative_to(built.site.resolve())
-    assert got["params"] == {"masspole": 0.3} and got["vector"] == "FamilyVectorEnv"
-    assert got["ids"] == sorted(f"hyperrl/{f}-v0" for f in FAMILIES)
+def test_installed_wheel_registers_every_family_with_gymnasium(built: Built, installed: dict[str, Any]) -> None:
+    """Outside the repo, a process that never imported hyperrl itself reached a family through
+    Gymnasium's module prefix, and the import it triggered registered every built-in family."""
+    assert Path(installed["file"]).resolve().is_relative_to(built.site.resolve())
+    assert installed["params"] == {"masspole": 0.3} and installed["vector"] == "FamilyVectorEnv"
+    assert installed["ids"] == sorted(f"hyperrl/{f}-v0" for f in FAMILIES)

@@ -12,8 +12,9 @@ Why one step at a time: the sim computes ``sin``/``cos`` with torch, Gymnasium w
 or Pendulum's unstable equilibrium such a difference grows ~e^(0.09 t) per step, so an
 open-loop comparison over hundreds of steps would pass or fail on rounding, not on physics.
 From a shared state, one step differs by ~1e-16, and a wrong mass, sign or order of update
-by ~1e-3 or more. The ``nudge`` variants move the sim's state by one ulp (``np.nextafter``)
-at random steps and must pass too: a test that survives that cannot hang on another
+by ~1e-3 or more. Half of the envs of every run (every second group of four, so each
+action policy is among them) are "nudged": the sim's state moves by one ulp (``np.nextafter``)
+at random steps, and they must pass too: a test that survives that cannot hang on another
 machine's rounding. A termination decided differently is accepted only when the state lies
 within ``TOL`` of a termination threshold (the one place where one ulp legitimately decides).
 Besides the observation, the sim's next state itself is compared (Acrobot observes its angles
@@ -101,6 +102,13 @@ def acrobot_actions(obs: np.ndarray, p_random: np.ndarray, rng: np.random.Genera
     return np.where(random, rng.integers(0, 3, len(obs)), pump)
 
 
+def assert_close(actual: np.ndarray, desired: np.ndarray, rtol: float, atol: float, err_msg: str) -> None:
+    """``np.testing.assert_allclose``, which is called (for its verdict and message) only when
+    a plain check fails: it costs ~20x the check, and these run on every step."""
+    if not (np.abs(actual - desired) <= atol + rtol * np.abs(desired)).all():
+        np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
 def step_side_by_side(sim: BatchedSim, envs: list, actions: np.ndarray, nudge_rows: np.ndarray,
                       rng: np.random.Generator, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-sync the sim from ``envs``, nudge ``nudge_rows``, step both with ``actions``
@@ -120,23 +128,23 @@ def step_side_by_side(sim: BatchedSim, envs: list, actions: np.ndarray, nudge_ro
     # next state (through the sim's observation function, which is tested against Gymnasium's
     # float32 observation just below, and itself where the sim did not reset) and reward: tight
     expected = sim.observe(torch.from_numpy(nxt).to(sim.dtype)).numpy()
-    np.testing.assert_allclose(out.final_obs.numpy(), expected, rtol=TOL, atol=TOL, err_msg=where)
+    assert_close(out.final_obs.numpy(), expected, rtol=TOL, atol=TOL, err_msg=where)
     kept = ~(out.terminated | out.truncated).numpy()
     diff = state_difference(sim, sim.state.numpy()[kept], nxt[kept])
     assert (diff <= TOL * np.maximum(1.0, np.abs(nxt[kept]))).all(), f"{where}: state differs by {diff.max()}"
-    np.testing.assert_allclose(expected, obs, **OBS32, err_msg=f"{where}: observation function")
-    np.testing.assert_allclose(out.reward.numpy(), reward, rtol=TOL, atol=TOL, err_msg=where)
+    assert_close(expected, obs, **OBS32, err_msg=f"{where}: observation function")
+    assert_close(out.reward.numpy(), reward, rtol=TOL, atol=TOL, err_msg=where)
     assert np.array_equal(out.truncated.numpy(), trunc), where
     differs = out.terminated.numpy() != term
     assert (threshold_margin(sim, nxt)[differs] <= TOL).all(), f"{where}: terminated differs for {np.where(differs)[0]}"
     return obs, term, trunc
 
 
-def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: bool = False,
+def run_side_by_side(family_name: str, n: int, steps: int, seed: int,
                      branch_free: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Step ``n`` random variants of a family in the batched sim and in Gymnasium, one
-    re-synced step at a time; assert they agree; return per-env counts of terminations and
-    truncations."""
+    re-synced step at a time, the nudged half of them moved by one ulp at 3 random steps
+    each; assert they agree; return per-env counts of terminations and truncations."""
     family = load_family(family_name)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -159,7 +167,8 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int, nudge: boo
     # balancing and pumping policies push through it
     sign_col = next((j for j, p in enumerate(family.params) if p.signed), None)
     p_random = np.array([0.0, 0.02, 0.3, 1.0])[np.arange(n) % 4]
-    nudge_at = rng.integers(0, steps, size=(3, n)) if nudge else np.full((3, n), -1)
+    nudged = (np.arange(n) // 4) % 2 == 1  # rows 4-7, 12-15, ...: every p_random level
+    nudge_at = np.where(nudged, rng.integers(0, steps, size=(3, n)), -1)
     terminations = np.zeros(n, dtype=int)
     truncations = np.zeros(n, dtype=int)
     for t in range(steps):
@@ -212,21 +221,19 @@ def _episodes_ok(family_name: str, term: np.ndarray, trunc: np.ndarray) -> None:
         assert ((term + trunc) >= 2).all(), "every env should run several episodes"
 
 
-@pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
 @pytest.mark.parametrize("family_name", BATCHED_FAMILIES)
-def test_batched_sim_matches_gymnasium_step_by_step(family_name, nudge):
+def test_batched_sim_matches_gymnasium_step_by_step(family_name):
     steps = 450 if family_name.startswith("pendulum") else 1050
-    term, trunc = run_side_by_side(family_name, n=16, steps=steps, seed=3, nudge=nudge)
+    term, trunc = run_side_by_side(family_name, n=16, steps=steps, seed=3)
     _episodes_ok(family_name, term, trunc)
 
 
-@pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
 @pytest.mark.parametrize("family_name", ["cartpole-actuator", "pendulum-mass-length", "acrobot-links",
                                          "pendulum-actuator", "acrobot-actuator"])
-def test_branch_free_autoreset_matches_too(family_name, nudge):
+def test_branch_free_autoreset_matches_too(family_name):
     """The accelerator path (draw N starts and blend, no host sync; Acrobot's wrap without a
     host check), run on the CPU."""
-    term, trunc = run_side_by_side(family_name, n=8, steps=520, seed=11, nudge=nudge, branch_free=True)
+    term, trunc = run_side_by_side(family_name, n=8, steps=520, seed=11, branch_free=True)
     assert (term + trunc).sum() > 0
 
 
@@ -383,17 +390,17 @@ _ATTRS = [
 ]
 
 
-@pytest.mark.parametrize("nudge", [False, True], ids=["exact", "nudged"])
 @pytest.mark.parametrize(("cls", "env_id", "name", "vals"), _ATTRS,
                          ids=[f"{a[1].split('/')[-1][:-3]}:{a[2]}" for a in _ATTRS])
-def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nudge):
+def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals):
+    """Two values of each attribute, the second env nudged by one ulp at 10 random steps."""
     n = len(vals)
     sim = cls(n, (name,), dtype=F64, seed=0)
     sim.reset(params=torch.tensor(vals, dtype=F64).reshape(n, 1))
     envs = [_gym_with(env_id, name, v) for v in vals]
     obs = np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)])
     rng = np.random.default_rng(0)
-    nudge_at = set(rng.integers(0, 120, size=10).tolist()) if nudge else set()
+    nudge_at = set(rng.integers(0, 120, size=10).tolist())
     for t in range(120):
         if cls is BatchedCartPole:
             a = rng.integers(0, 2, n)
@@ -401,7 +408,7 @@ def test_every_supported_attribute_matches_gymnasium(cls, env_id, name, vals, nu
             a = acrobot_actions(obs, np.full(n, 0.1), rng)
         else:
             a = rng.uniform(-3.0, 3.0, (n, 1))
-        rows = np.arange(n) if t in nudge_at else np.array([], dtype=int)
+        rows = np.array([n - 1] if t in nudge_at else [], dtype=int)
         obs, term, trunc = step_side_by_side(sim, envs, a, rows, rng, f"{name} step {t}")
         for i in np.flatnonzero(term | trunc):
             obs[i] = envs[i].reset()[0]  # the sim autoreset with the same values; re-synced next step

@@ -128,9 +128,9 @@ class BatchedSim(VecEnv):
         self.next_params = self.params.clone()
         self.state = torch.zeros(n, self.STATE_DIM, dtype=dtype, device=self.device)
         self.elapsed = torch.zeros(n, dtype=torch.long, device=self.device)
-        # How ``step`` autoresets; both give the same result. Branch-free (on accelerators):
-        # draw N fresh states and blend, no host sync. Indexed (CPU): reset only the envs
-        # that ended; there a host "sync" is free and drawing N states cost more than physics.
+        # How ``step`` autoresets; both give the same result. Branch-free (always on
+        # accelerators): draw N fresh states and blend, no host sync. Indexed (CPU): reset only
+        # the envs that ended; there a host "sync" is free and drawing N states cost more than physics.
         self.branch_free_autoreset = self.device.type != "cpu"
 
     # ---- to implement ---------------------------------------------------------------
@@ -288,21 +288,25 @@ class BatchedSim(VecEnv):
         truncated = elapsed >= self.max_episode_steps  # Gymnasium's TimeLimit: may co-occur
         final_obs = self.observe(new_state)
         done = terminated | truncated
-        if self.branch_free_autoreset:
+        if self.branch_free_autoreset or self.device.type != "cpu":
             # No host sync, the same work every step.
             d = done.unsqueeze(-1)
             self.state = torch.where(d, self.initial_state(self.num_envs), new_state)
             self.params = torch.where(d, self.next_params, self.params)
             self.elapsed = elapsed.masked_fill_(done, 0)
             return StepOut(self.observe(self.state), reward, terminated, truncated, final_obs)
-        idx = done.nonzero().view(-1)  # indexed: only the envs that ended
+        # Indexed (CPU only): reset only the envs that ended, through NumPy views of the same
+        # memory (NumPy's index ops on a few hundred rows cost a fraction of torch's).
+        ended = np.flatnonzero(done.numpy())
         self.elapsed = elapsed
-        if idx.numel() == 0:
+        if ended.size == 0:
             self.state = new_state  # nothing reset: obs equals final_obs (a separate tensor)
             return StepOut(final_obs.clone(), reward, terminated, truncated, final_obs)
-        elapsed.index_fill_(0, idx, 0)
-        # out-of-place: final_obs may share new_state's memory, and params may be held outside
-        self.state = new_state.index_put((idx,), self.initial_state(idx.numel()))
-        fresh = self.next_params.index_select(0, idx).to(self.params.dtype)
-        self.params = self.params.index_put((idx,), fresh)
+        elapsed.numpy()[ended] = 0
+        # copies: final_obs may share new_state's memory, and params may be held outside
+        fresh = self.initial_state(ended.size)
+        self.state = new_state.clone()
+        self.state.numpy()[ended] = fresh.numpy()
+        self.params = self.params.clone()
+        self.params.numpy()[ended] = self.next_params.numpy()[ended]
         return StepOut(self.observe(self.state), reward, terminated, truncated, final_obs)
