@@ -232,9 +232,13 @@ class FamilyVectorEnv(gym.vector.VectorEnv):
     def _live(self, x: torch.Tensor) -> bool:
         """Whether ``x`` shares memory with the simulator's live state or values (CartPole
         observes its state itself): a caller must get a copy of it, to write as they like."""
+        sim = self.sim
+        state = sim.state if isinstance(sim, BatchedSim) else None
+        if x is sim.params or x is state:  # the common case, without the storage lookups
+            return True
         ptr = x.untyped_storage().data_ptr()
-        return ptr == self.sim.params.untyped_storage().data_ptr() or (
-            isinstance(self.sim, BatchedSim) and ptr == self.sim.state.untyped_storage().data_ptr())
+        return ptr == sim.params.untyped_storage().data_ptr() or (
+            state is not None and ptr == state.untyped_storage().data_ptr())
 
     def _owned(self, x: torch.Tensor) -> Any:
         """``x`` as returned (:meth:`_out`), copied where it is live (a NumPy copy is cheaper
@@ -345,9 +349,13 @@ class FamilyVectorEnv(gym.vector.VectorEnv):
             return (self._out(terminated), self._out(truncated), self._out(done),
                     done.clone() if self._next_step else None)  # not the returned tensor
         term, trunc = terminated.numpy(), truncated.numpy()
-        done_np = np.logical_or(term, trunc)
+        known = None if self._next_step else getattr(self.sim, "ended", None)  # the sim's own, this step
+        done_np = np.logical_or(term, trunc) if known is None else known[0]
         if self._any_random:
-            idx = np.flatnonzero(done_np if self._all_random else done_np & self._random.numpy())
+            if not self._all_random:
+                idx = np.flatnonzero(done_np & self._random.numpy())
+            else:
+                idx = np.flatnonzero(done_np) if known is None else known[1]
             if idx.size:
                 nxt = self.sim.next_params
                 if self._next_view[0] is not nxt:  # replaced (reset, set_params): a new view

@@ -152,6 +152,8 @@ def run_side_by_side(family_name: str, n: int, steps: int, seed: int,
     sim = make_vec_env(family, n, dtype=F64, seed=seed)
     assert isinstance(sim, BatchedSim)
     sim.branch_free_autoreset = branch_free
+    if branch_free and isinstance(sim, BatchedCartPole):
+        sim.numpy_step = False  # the accelerator path: the physics in torch too
     sim.reset(params=values)
     nxt = family.sample(n, gen, dtype=F64)
     sim.next_params = nxt.clone()
@@ -232,7 +234,7 @@ def test_batched_sim_matches_gymnasium_step_by_step(family_name):
                                          "pendulum-actuator", "acrobot-actuator"])
 def test_branch_free_autoreset_matches_too(family_name):
     """The accelerator path (draw N starts and blend, no host sync; Acrobot's wrap without a
-    host check), run on the CPU."""
+    host check; CartPole's physics in torch, not NumPy), run on the CPU."""
     term, trunc = run_side_by_side(family_name, n=8, steps=520, seed=11, branch_free=True)
     assert (term + trunc).sum() > 0
 
@@ -323,6 +325,31 @@ def test_float32_default_and_device_consistency(family_name):
         live &= ~(o64.terminated | o64.truncated | o32.terminated | o32.truncated)
         torch.testing.assert_close(o32.final_obs[live].double(), o64.final_obs[live], atol=1e-5, rtol=1e-5)
     assert live.sum() >= 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
+def test_cartpole_numpy_and_torch_steps_agree(dtype):
+    """CartPole's physics runs in NumPy on the CPU and in torch elsewhere (one implementation,
+    two array libraries): one step from the same states, values and actions agrees to the
+    rounding of sin/cos (the two libraries may differ in their last bit)."""
+    n = 4096
+    gen = torch.Generator().manual_seed(0)
+    sim = BatchedCartPole(n, ("masspole", "force_mag", "tau"), dtype=dtype, seed=0)
+    params = torch.stack([torch.rand(n, generator=gen, dtype=dtype) * 0.5 + 0.05,
+                          torch.rand(n, generator=gen, dtype=dtype) * 20 - 10,
+                          torch.rand(n, generator=gen, dtype=dtype) * 0.02 + 0.01], 1)
+    state = (torch.rand(n, 4, generator=gen, dtype=dtype) - 0.5) * torch.tensor([5.0, 4.0, 0.45, 4.0], dtype=dtype)
+    action = torch.randint(0, 2, (n,), generator=gen)
+    sim.numpy_step = True
+    new_np, reward_np, term_np = sim.dynamics(state, action, params)
+    sim.numpy_step = False
+    new_t, reward_t, term_t = sim.dynamics(state, action, params)
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(new_np, new_t, rtol=8 * eps, atol=8 * eps)
+    assert new_np.dtype == new_t.dtype == dtype and torch.equal(reward_np, reward_t)
+    margin = torch.from_numpy(threshold_margin(sim, new_t.double().numpy()))
+    far = margin > 1e-4  # a termination within rounding of a threshold may go either way
+    assert far.sum() > n // 2 and term_t[far].any() and torch.equal(term_np[far], term_t[far])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -117,6 +117,7 @@ class BatchedSim(VecEnv):
         self._slots = [
             (self._col.get(k), None if k in self._col else self.scalar(self.constants[k])) for k in self.DEFAULTS
         ]
+        self._np_slots: list[tuple[int | None, np.generic | None]] | None = None
         consts = {float(n.value) for _, tree in self._derived for n in ast.walk(tree) if isinstance(n, ast.Constant)}
         self._derived_consts = {v: self.scalar(v) for v in consts}
         self.generator = torch.Generator(device=self.device)
@@ -132,6 +133,9 @@ class BatchedSim(VecEnv):
         # accelerators): draw N fresh states and blend, no host sync. Indexed (CPU): reset only
         # the envs that ended; there a host "sync" is free and drawing N states cost more than physics.
         self.branch_free_autoreset = self.device.type != "cpu"
+        # The last step's ended envs on the indexed (CPU) path, (done mask [N], indices), for
+        # wrappers that need them (FamilyVectorEnv) instead of computing them again; else None.
+        self.ended: tuple[np.ndarray, np.ndarray] | None = None
 
     # ---- to implement ---------------------------------------------------------------
     @abc.abstractmethod
@@ -237,6 +241,16 @@ class BatchedSim(VecEnv):
             named[name] = eval_expr(tree, named.__getitem__, const=self._derived_consts.__getitem__)
         return list(named.values())
 
+    def attribute_arrays(self, params: torch.Tensor) -> list[np.ndarray | np.generic]:
+        """:meth:`attribute_values` as NumPy (CPU tensors only): [N] views of ``params``'
+        columns where an attribute varies, NumPy scalars where it is constant."""
+        if self._derived:
+            return [v.numpy() if v.dim() else v.numpy()[()] for v in self.attribute_values(params)]
+        if self._np_slots is None:  # the constants as NumPy scalars, made once
+            self._np_slots = [(j, None if c is None else c.numpy()[()]) for j, c in self._slots]
+        cols = params.numpy()
+        return [cols[:, j] if j is not None else c for j, c in self._np_slots]
+
     def attr(self, name: str, params: torch.Tensor) -> torch.Tensor | float:
         """One attribute: its [N] values where it varies, a python float where it is constant."""
         if not self.varies(name):
@@ -284,29 +298,37 @@ class BatchedSim(VecEnv):
 
     def step(self, action: torch.Tensor) -> StepOut:
         new_state, reward, terminated = self.dynamics(self.state, action, self.params)
-        elapsed = self.elapsed + 1
-        truncated = elapsed >= self.max_episode_steps  # Gymnasium's TimeLimit: may co-occur
         final_obs = self.observe(new_state)
-        done = terminated | truncated
         if self.branch_free_autoreset or self.device.type != "cpu":
             # No host sync, the same work every step.
+            self.ended = None
+            elapsed = self.elapsed + 1
+            truncated = elapsed >= self.max_episode_steps  # Gymnasium's TimeLimit: may co-occur
+            done = terminated | truncated
             d = done.unsqueeze(-1)
             self.state = torch.where(d, self.initial_state(self.num_envs), new_state)
             self.params = torch.where(d, self.next_params, self.params)
             self.elapsed = elapsed.masked_fill_(done, 0)
             return StepOut(self.observe(self.state), reward, terminated, truncated, final_obs)
-        # Indexed (CPU only): reset only the envs that ended, through NumPy views of the same
-        # memory (NumPy's index ops on a few hundred rows cost a fraction of torch's).
-        ended = np.flatnonzero(done.numpy())
-        self.elapsed = elapsed
+        # Indexed (CPU only): the same bookkeeping on NumPy views of the same memory (NumPy's
+        # ops on a few thousand rows cost a fraction of torch's), resetting only the envs
+        # that ended.
+        elapsed = self.elapsed.numpy() + 1
+        trunc = elapsed >= self.max_episode_steps  # Gymnasium's TimeLimit: may co-occur
+        done = terminated.numpy() | trunc
+        ended = np.flatnonzero(done)
+        self.ended = (done, ended)
+        truncated = torch.from_numpy(trunc)
+        self.elapsed = torch.from_numpy(elapsed)
         if ended.size == 0:
             self.state = new_state  # nothing reset: obs equals final_obs (a separate tensor)
             return StepOut(final_obs.clone(), reward, terminated, truncated, final_obs)
-        elapsed.numpy()[ended] = 0
+        elapsed[ended] = 0
         # copies: final_obs may share new_state's memory, and params may be held outside
         fresh = self.initial_state(ended.size)
         self.state = new_state.clone()
         self.state.numpy()[ended] = fresh.numpy()
-        self.params = self.params.clone()
-        self.params.numpy()[ended] = self.next_params.numpy()[ended]
+        params = self.params.numpy().copy()
+        params[ended] = self.next_params.numpy()[ended]
+        self.params = torch.from_numpy(params)
         return StepOut(self.observe(self.state), reward, terminated, truncated, final_obs)

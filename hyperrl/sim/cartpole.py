@@ -71,6 +71,12 @@ class BatchedCartPole(BatchedSim):
         fm = self.constants["force_mag"]
         signs = [-1.0, 1.0] if self._force_varies else [-fm, fm]
         self._signs = torch.tensor(signs, dtype=self.dtype, device=self.device)
+        # On the CPU the step runs on NumPy views of the same memory: ~30 elementwise ops on a
+        # few thousand rows cost NumPy ~1-3 us each and torch ~5-10 us (bench_sim.py). The
+        # physics below is written once for both (operators, in-place updates and functions
+        # both libraries share); accelerators, and tests that set this False, run it in torch.
+        self.numpy_step = self.device.type == "cpu"
+        self._np_consts: list[np.ndarray] | None = None
 
     def initial_state(self, n: int) -> torch.Tensor:
         out = torch.empty(n, self.STATE_DIM, dtype=self.dtype, device=self.device)
@@ -85,49 +91,75 @@ class BatchedCartPole(BatchedSim):
         return state
 
     def dynamics(self, state, action, params):
-        # Each attribute: [N] values when it varies, else a 0-dim constant.
-        gravity, masscart, masspole, length, force_mag, tau = self.attribute_values(params)
-        # Derived quantities, recomputed from the current values at every step: never stale.
-        total_mass = masspole + masscart
-        polemass_length = masspole * length
-
-        # force = force_mag if action == 1 else -force_mag (a negative gain: reversed motor)
         if action.dtype != torch.long or action.dim() != 1:
             action = action.reshape(-1).long()
-        force = self._signs.index_select(0, action)
-        if self._force_varies:
-            force.mul_(force_mag)
         # The integration runs on the state transposed, [4, N]: each variable a contiguous
         # row (an op on a column of [N, 4] costs ~3x). The new state is returned as the
         # [N, 4] view of a [4, N] buffer, which the next step transposes back for free.
         rows = state.t()
         if not rows.is_contiguous():
             rows = rows.contiguous()
+        consts = [self._signs, self._four_thirds, self._thresholds]
+        if not self.numpy_step:
+            # Each attribute: [N] values when it varies, else a 0-dim constant.
+            values = self.attribute_values(params)
+            new_rows, reward, terminated = self._physics(torch, rows, action, values, consts)
+            return new_rows.t(), reward, terminated
+        if self._np_consts is None:  # NumPy views of the constants, made once
+            self._np_consts = [c.numpy() for c in consts]
+        new_rows, reward, terminated = self._physics(np, rows.numpy(), action.numpy(), self.attribute_arrays(params),
+                                                     self._np_consts)
+        return torch.from_numpy(new_rows).t(), torch.from_numpy(reward), torch.from_numpy(terminated)
+
+    def _physics(self, xp, rows, action, values, consts):
+        """One step of CartPoleEnv for every env, in ``xp`` (``torch`` or ``numpy``): rows
+        ``[4, N]`` (x, x_dot, theta, theta_dot), action ``[N]`` 0/1 -> (new rows ``[4, N]``,
+        reward ``[N]``, terminated ``[N]``)."""
+        gravity, masscart, masspole, length, force_mag, tau = values
+        signs, four_thirds, thresholds = consts
+        # Derived quantities, recomputed from the current values at every step: never stale.
+        total_mass = masspole + masscart
+        polemass_length = masspole * length
+
+        # force = force_mag if action == 1 else -force_mag (a negative gain: reversed motor)
+        force = xp.take(signs, action)
+        if self._force_varies:
+            force *= force_mag
         theta, theta_dot = rows[2], rows[3]
-        costheta = torch.cos(theta)
-        sintheta = torch.sin(theta)
+        costheta = xp.cos(theta)
+        sintheta = xp.sin(theta)
 
         # Gymnasium's expressions evaluated in the same order, so float64 agrees to the bit
-        # (up to sin/cos); in-place ops only save allocations.
+        # (up to sin/cos); in-place updates only save allocations.
         # temp = (force + polemass_length * theta_dot**2 * sintheta) / total_mass
-        temp = (theta_dot * theta_dot).mul_(polemass_length).mul_(sintheta).add_(force).div_(total_mass)
+        temp = theta_dot * theta_dot
+        temp *= polemass_length
+        temp *= sintheta
+        temp += force
+        temp /= total_mass
         # thetaacc = (gravity * sintheta - costheta * temp)
         #            / (length * (4/3 - masspole * costheta**2 / total_mass))
-        denom = torch.sub(self._four_thirds, (costheta * costheta).mul_(masspole).div_(total_mass))
+        denom = costheta * costheta
+        denom *= masspole
+        denom /= total_mass
+        denom = four_thirds - denom
+        denom *= length
         # Derivatives (x_dot, xacc, theta_dot, thetaacc) laid out like the rows, so explicit
         # Euler from the old state is one multiply and one add over [4, N].
-        deriv = torch.empty_like(rows)
-        xacc, thetaacc = deriv[1], deriv[3]
+        deriv = xp.empty_like(rows)
         deriv[0::2] = rows[1::2]  # (x_dot, theta_dot)
-        torch.div((sintheta * gravity).sub_(costheta * temp), denom.mul_(length), out=thetaacc)
+        num = sintheta * gravity
+        num -= costheta * temp
+        xp.divide(num, denom, out=deriv[3])  # thetaacc
         # xacc = temp - polemass_length * thetaacc * costheta / total_mass
-        torch.sub(temp, (thetaacc * polemass_length).mul_(costheta).div_(total_mass), out=xacc)
+        tail = deriv[3] * polemass_length
+        tail *= costheta
+        tail /= total_mass
+        xp.subtract(temp, tail, out=deriv[1])
         # x += tau * x_dot, x_dot += tau * xacc, theta += tau * theta_dot, theta_dot += tau * thetaacc
-        new_rows = deriv.mul_(tau).add_(rows)
-
+        deriv *= tau
+        deriv += rows
         # |x| > x_threshold or |theta| > theta_threshold, on the (x, theta) rows [2, N]
-        out_of_bounds = torch.gt(new_rows[0::2].abs(), self._thresholds)
-        terminated = out_of_bounds[0].logical_or_(out_of_bounds[1])
-        reward = torch.ones_like(temp)
-        new_state = new_rows.t()
-        return new_state, reward, terminated
+        out_of_bounds = abs(deriv[0::2]) > thresholds
+        terminated = out_of_bounds[0] | out_of_bounds[1]
+        return deriv, xp.ones_like(temp), terminated
