@@ -352,10 +352,10 @@ class FamilyVectorEnv(gym.vector.VectorEnv):
         known = None if self._next_step else getattr(self.sim, "ended", None)  # the sim's own, this step
         done_np = np.logical_or(term, trunc) if known is None else known[0]
         if self._any_random:
-            if not self._all_random:
-                idx = np.flatnonzero(done_np & self._random.numpy())
-            else:
+            if self._all_random:
                 idx = np.flatnonzero(done_np) if known is None else known[1]
+            else:
+                idx = np.flatnonzero(done_np & self._random.numpy())
             if idx.size:
                 nxt = self.sim.next_params
                 if self._next_view[0] is not nxt:  # replaced (reset, set_params): a new view

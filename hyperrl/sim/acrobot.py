@@ -173,12 +173,8 @@ class BatchedAcrobot(BatchedSim):
             m2=m2, i1=i1, i2=i2, torque=torque,
         )
 
-        # The integration runs on the state transposed, [4, N]: each coordinate a contiguous
-        # row, so every op below is one flat vectorised loop. The new state is returned as
-        # the [N, 4] view of a [4, N] buffer, which the next step transposes back for free.
-        y0 = state.t()
-        if not y0.is_contiguous():
-            y0 = y0.contiguous()
+        # The integration runs on rows [4, N]; the new state is returned as their [N, 4] view.
+        y0 = self.state_rows(state)
 
         # rk4(self._dsdt, s_augmented, [0, self.dt]): one step of size dt (= t[1] - t[0]);
         # the torque (the 5th component, derivative 0) stays constant through the stages.

@@ -241,6 +241,14 @@ class BatchedSim(VecEnv):
             named[name] = eval_expr(tree, named.__getitem__, const=self._derived_consts.__getitem__)
         return list(named.values())
 
+    @staticmethod
+    def state_rows(state: torch.Tensor) -> torch.Tensor:
+        """``state`` [N, S] as contiguous rows [S, N], each variable one flat vectorised loop
+        (an op on a column of [N, S] costs ~3x). A sim that returns its new state as the
+        [N, S] view of an [S, N] buffer gets it back here without a copy."""
+        rows = state.t()
+        return rows if rows.is_contiguous() else rows.contiguous()
+
     def attribute_arrays(self, params: torch.Tensor) -> list[np.ndarray | np.generic]:
         """:meth:`attribute_values` as NumPy (CPU tensors only): [N] views of ``params``'
         columns where an attribute varies, NumPy scalars where it is constant."""

@@ -93,12 +93,8 @@ class BatchedCartPole(BatchedSim):
     def dynamics(self, state, action, params):
         if action.dtype != torch.long or action.dim() != 1:
             action = action.reshape(-1).long()
-        # The integration runs on the state transposed, [4, N]: each variable a contiguous
-        # row (an op on a column of [N, 4] costs ~3x). The new state is returned as the
-        # [N, 4] view of a [4, N] buffer, which the next step transposes back for free.
-        rows = state.t()
-        if not rows.is_contiguous():
-            rows = rows.contiguous()
+        # The integration runs on rows [4, N]; the new state is returned as their [N, 4] view.
+        rows = self.state_rows(state)
         consts = [self._signs, self._four_thirds, self._thresholds]
         if not self.numpy_step:
             # Each attribute: [N] values when it varies, else a 0-dim constant.
